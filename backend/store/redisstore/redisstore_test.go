@@ -1,0 +1,89 @@
+package redisstore_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lwm2mcluster/lwm2m/backend/store"
+	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
+	"github.com/lwm2mcluster/lwm2m/backend/store/storetest"
+	"github.com/lwm2mcluster/lwm2m/internal/redistest"
+)
+
+func TestConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.Run(t, func(t *testing.T, grace time.Duration) store.Store {
+		// Each call is a separate client (a separate instance) on the
+		// subtest's own prefix.
+		s, err := redisstore.Open(context.Background(), srv.URL, redisstore.Options{
+			Prefix: "test:" + t.Name() + ":", Grace: grace,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
+// TestKeySchema pins the documented key names (docs/redis-keys.md).
+func TestKeySchema(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s, err := redisstore.Open(ctx, srv.URL, redisstore.Options{Prefix: "p:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := storetest.NewReg("ep1", 5000, 60, time.Now())
+	if _, err := s.Add(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetOwner(ctx, "ep1", "inst"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Announce(ctx, store.Member{ID: "inst", State: store.StateActive}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	c := srv.Client(t)
+	keys, err := c.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"p:reg:ep:ep1":              "hash",
+		"p:reg:id:" + r.ID:          "string",
+		"p:reg:addr:192.0.2.1:5000": "string",
+		"p:reg:expiry":              "zset",
+		"p:owner:ep1":               "string",
+		"p:member:inst":             "string",
+		"p:members":                 "zset",
+	}
+	if len(keys) != len(want) {
+		t.Errorf("keys = %v, want %d keys", keys, len(want))
+	}
+	for k, typ := range want {
+		if got := c.Type(ctx, k).Val(); got != typ {
+			t.Errorf("key %s: type %q, want %q", k, got, typ)
+		}
+	}
+	if h := c.HGetAll(ctx, "p:reg:ep:ep1").Val(); h["id"] != r.ID || !strings.Contains(h["data"], `"ep":"ep1"`) {
+		t.Errorf("record = %v", h)
+	}
+	if ttl := c.PTTL(ctx, "p:member:inst").Val(); ttl <= 0 {
+		t.Errorf("member key has no TTL (%v)", ttl)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := redisstore.Open(ctx, "not a url", redisstore.Options{}); err == nil {
+		t.Fatal("Open(bad url) succeeded")
+	}
+	if _, err := redisstore.Open(ctx, "redis://127.0.0.1:1/0", redisstore.Options{}); err == nil {
+		t.Fatal("Open(closed port) succeeded")
+	}
+}
