@@ -1,0 +1,50 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the server's Prometheus collectors.
+type metrics struct {
+	registrations  *prometheus.CounterVec // by op
+	responses      *prometheus.CounterVec // by CoAP code
+	publishErrors  prometheus.Counter
+	storeErrors    prometheus.Counter
+	sweepDuration  prometheus.Histogram
+	handleDuration *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lwm2m_registrations_total",
+			Help: "Registration lifecycle events handled by this instance, by op (register, update, deregister, replace, expire).",
+		}, []string{"op"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lwm2m_coap_responses_total",
+			Help: "CoAP responses to device requests, by response code.",
+		}, []string{"code"}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lwm2m_northbound_publish_errors_total",
+			Help: "Northbound events that could not be published.",
+		}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lwm2m_store_errors_total",
+			Help: "Shared-store operations that failed.",
+		}),
+		sweepDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "lwm2m_expiry_sweep_seconds",
+			Help:    "Duration of registration expiry sweeps.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
+		}),
+		handleDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lwm2m_request_duration_seconds",
+			Help:    "Time to handle a device request, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}, []string{"op"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.registrations, m.responses, m.publishErrors, m.storeErrors, m.sweepDuration, m.handleDuration)
+	}
+	return m
+}

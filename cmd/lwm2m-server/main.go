@@ -1,0 +1,92 @@
+// Command lwm2m-server runs one LwM2M server instance of the cluster.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/lwm2mcluster/lwm2m/backend/instance"
+	"github.com/lwm2mcluster/lwm2m/backend/server"
+	"github.com/lwm2mcluster/lwm2m/backend/store"
+	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
+	"github.com/lwm2mcluster/lwm2m/internal/cli"
+	"github.com/lwm2mcluster/lwm2m/routing/membership"
+)
+
+const synopsis = `
+lwm2m-server: one LwM2M server instance of the cluster.
+
+Devices register over CoAP (OMA LwM2M 1.1 registration interface, 1.0
+accepted). With --redis, registrations, ownership and membership live in
+Redis and registration events are published on LESHAN_REG_NEW, LESHAN_REG_UP
+and LESHAN_REG_DEL; without it the instance keeps its state in memory and
+runs alone.
+
+Usage: lwm2m-server [flags]`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "lwm2m-server:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("lwm2m-server", flag.ContinueOnError)
+	cli.Usage(fs, synopsis)
+	var o instance.Options
+	var logf cli.LogFlags
+	fs.StringVar(&o.CoAPAddr, "coap", ":5683", "plain CoAP listen address (empty disables)")
+	fs.StringVar(&o.CoAPSAddr, "coaps", "", "CoAP over DTLS listen address (not available yet; must be empty)")
+	fs.StringVar(&o.RedisURL, "redis", "", "Redis URL (redis://[user:pass@]host:port/db); empty keeps state in memory, single instance")
+	fs.StringVar(&o.KeyPrefix, "key-prefix", redisstore.DefaultPrefix, "prefix of every Redis key")
+	fs.StringVar(&o.InstanceID, "instance-id", "", "instance id in ownership records and events (default: host name)")
+	fs.StringVar(&o.AdminAddr, "admin", "127.0.0.1:9683", "admin HTTP address for /healthz, /metrics, /members (empty disables)")
+	fs.StringVar(&o.Advertise, "advertise", "", "backend address announced to balancers in the membership (default: the --coap address)")
+	fs.DurationVar(&o.Grace, "expiry-grace", store.DefaultGrace, "time past a registration's lifetime before it expires")
+	fs.DurationVar(&o.SweepInterval, "sweep-interval", server.DefaultSweepInterval, "how often expired registrations are swept")
+	fs.DurationVar(&o.Heartbeat, "heartbeat", membership.DefaultInterval, "membership heartbeat interval")
+	fs.DurationVar(&o.MemberTTL, "member-ttl", membership.DefaultTTL, "membership entry lifetime without heartbeat")
+	fs.DurationVar(&o.IdleTimeout, "session-idle", server.DefaultIdleTimeout, "close a device's CoAP session after this much silence")
+	fs.IntVar(&o.MaxPayload, "max-payload", server.DefaultMaxPayload, "largest Register/Update payload accepted, in bytes (4.13 beyond)")
+	logf.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := logf.Logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	o.Logger = log
+
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	in, err := instance.Start(startCtx, o)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if a := in.CoAPAddr(); a != nil {
+		log.Info("point a device at this server", "uri", fmt.Sprintf("coap://%s/rd?ep=<endpoint>", a))
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-in.Errors():
+		log.Error("serving failed", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in.Stop(sctx)
+	return err
+}
