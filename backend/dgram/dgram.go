@@ -7,6 +7,14 @@
 // next datagram opens a new session). Dial opens a session towards a peer
 // that has not written first, for server-initiated requests.
 //
+// In PROXY mode (Config.ProxyProtocol) the socket faces a load balancer:
+// every datagram must come from a trusted source and start with a PROXY
+// protocol v2 header naming the real client (the session's peer) and the
+// service address it was sent to (the session's local address); replies go
+// back to the balancer behind a header naming the client. LOCAL-command CoAP
+// pings (the balancer's health checks) are answered with a LOCAL reset at
+// once, without opening a session. Anything else is dropped and counted.
+//
 // Queues are bounded: when a session's queue or the accept queue is full, or
 // the session limit is reached, datagrams are dropped and counted, never
 // buffered without limit.
@@ -22,6 +30,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lwm2mcluster/lwm2m/lb/peek"
+	"github.com/lwm2mcluster/lwm2m/lb/proxyv2"
 )
 
 // ErrClosed is returned by a closed Listener or Conn.
@@ -36,6 +47,11 @@ type Config struct {
 	// AcceptQueueLen is the queue of new sessions not yet accepted
 	// (default 1024).
 	AcceptQueueLen int
+	// ProxyProtocol requires a PROXY v2 header on every datagram.
+	ProxyProtocol bool
+	// Trusted are the sources allowed to send PROXY headers (the
+	// balancers). Required with ProxyProtocol.
+	Trusted []netip.Prefix
 }
 
 func (c *Config) setDefaults() {
@@ -60,6 +76,10 @@ type Stats struct {
 	DroppedSessions uint64 // dropped: MaxSessions reached
 	ReadErrors      uint64
 	WriteErrors     uint64
+	// PROXY mode only.
+	DroppedUntrusted uint64 // dropped: source not a trusted balancer
+	DroppedHeader    uint64 // dropped: missing or invalid PROXY v2 header
+	HealthPings      uint64 // LOCAL pings answered
 }
 
 // Listener is a demultiplexing UDP listener.
@@ -77,7 +97,19 @@ type Listener struct {
 	received, sent                               atomic.Uint64
 	droppedQueue, droppedAccept, droppedSessions atomic.Uint64
 	readErrors, writeErrors                      atomic.Uint64
+	droppedUntrusted, droppedHeader              atomic.Uint64
+	healthPings                                  atomic.Uint64
 	open                                         atomic.Int64
+	// lastVia is the balancer that sent the latest PROXY datagram, the
+	// route for sessions the server opens itself (Dial).
+	lastVia atomic.Pointer[via]
+	bufs    sync.Pool
+}
+
+// via is how a PROXY-mode session is reached: through balancer lb, from
+// service address vip.
+type via struct {
+	lb, vip netip.AddrPort
 }
 
 // Listen opens a UDP socket on addr ("host:port") and starts reading.
@@ -90,12 +122,16 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dgram: listen on %s: %w", addr, err)
 	}
-	return New(pc, cfg), nil
+	return New(pc, cfg)
 }
 
 // New starts a Listener on an open socket, which it then owns.
-func New(pc *net.UDPConn, cfg Config) *Listener {
+func New(pc *net.UDPConn, cfg Config) (*Listener, error) {
 	cfg.setDefaults()
+	if cfg.ProxyProtocol && len(cfg.Trusted) == 0 {
+		pc.Close()
+		return nil, errors.New("dgram: PROXY protocol needs at least one trusted balancer prefix")
+	}
 	l := &Listener{
 		pc:       pc,
 		cfg:      cfg,
@@ -103,9 +139,10 @@ func New(pc *net.UDPConn, cfg Config) *Listener {
 		done:     make(chan struct{}),
 		sessions: map[netip.AddrPort]*Conn{},
 	}
+	l.bufs.New = func() any { b := make([]byte, 0, maxDatagram); return &b }
 	l.wg.Add(1)
 	go l.readLoop()
-	return l
+	return l, nil
 }
 
 // Addr returns the socket's local address.
@@ -118,6 +155,8 @@ func (l *Listener) Stats() Stats {
 		DroppedQueue: l.droppedQueue.Load(), DroppedAccept: l.droppedAccept.Load(),
 		DroppedSessions: l.droppedSessions.Load(),
 		ReadErrors:      l.readErrors.Load(), WriteErrors: l.writeErrors.Load(),
+		DroppedUntrusted: l.droppedUntrusted.Load(), DroppedHeader: l.droppedHeader.Load(),
+		HealthPings: l.healthPings.Load(),
 	}
 }
 
@@ -139,17 +178,73 @@ func (l *Listener) readLoop() {
 		}
 		l.received.Add(1)
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		if l.cfg.ProxyProtocol {
+			l.unwrap(from, buf[:n])
+			continue
+		}
 		p := make([]byte, n)
 		copy(p, buf[:n])
-		l.deliver(from, p)
+		l.deliver(from, p, nil)
 	}
 }
 
+func (l *Listener) trusted(a netip.Addr) bool {
+	for _, p := range l.cfg.Trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// unwrap handles a datagram in PROXY mode.
+func (l *Listener) unwrap(from netip.AddrPort, b []byte) {
+	if !l.trusted(from.Addr()) {
+		l.droppedUntrusted.Add(1)
+		return
+	}
+	h, payload, err := proxyv2.Parse(b)
+	if err != nil {
+		l.droppedHeader.Add(1)
+		return
+	}
+	if h.Command == proxyv2.Local {
+		mid, ok := peek.IsCoAPPing(payload)
+		if !ok {
+			l.droppedHeader.Add(1)
+			return
+		}
+		var out [proxyv2.LocalLen + peek.CoAPPingLen]byte
+		reply := proxyv2.AppendHeader(out[:0], proxyv2.Local, netip.AddrPort{}, netip.AddrPort{})
+		reply = peek.AppendCoAPReset(reply, mid)
+		l.healthPings.Add(1)
+		_, _ = l.write(reply, from)
+		return
+	}
+	src := netip.AddrPortFrom(h.Src.Addr().Unmap(), h.Src.Port())
+	dst := netip.AddrPortFrom(h.Dst.Addr().Unmap(), h.Dst.Port())
+	v := &via{lb: from, vip: dst}
+	if cur := l.lastVia.Load(); cur == nil || *cur != *v {
+		l.lastVia.Store(v)
+	}
+	p := make([]byte, len(payload))
+	copy(p, payload)
+	l.deliver(src, p, v)
+}
+
 // deliver queues a datagram to its peer's session, opening one if needed.
-func (l *Listener) deliver(from netip.AddrPort, p []byte) {
+// v is the balancer route of a PROXY-mode datagram.
+func (l *Listener) deliver(from netip.AddrPort, p []byte, v *via) {
 	c, isNew := l.session(from)
 	if c == nil {
 		return
+	}
+	if v != nil {
+		// The session follows the newest route (balancer fail-over, or a
+		// device reaching another service address).
+		if cur := c.via.Load(); cur == nil || *cur != *v {
+			c.via.Store(v)
+		}
 	}
 	select {
 	case c.in <- p:
@@ -202,6 +297,9 @@ func (l *Listener) Dial(peer netip.AddrPort) (*Conn, error) {
 	c, isNew := l.session(peer)
 	if c == nil {
 		return nil, fmt.Errorf("dgram: cannot open session to %s: listener closed or full", peer)
+	}
+	if l.cfg.ProxyProtocol && c.via.Load() == nil {
+		c.via.Store(l.lastVia.Load())
 	}
 	if isNew {
 		select {
@@ -289,6 +387,7 @@ type Conn struct {
 	closed chan struct{}
 	once   sync.Once
 	rd     deadline
+	via    atomic.Pointer[via] // PROXY mode
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -322,7 +421,24 @@ func (c *Conn) Write(b []byte) (int, error) {
 		return 0, ErrClosed
 	default:
 	}
-	return c.l.write(b, c.peer)
+	if !c.l.cfg.ProxyProtocol {
+		return c.l.write(b, c.peer)
+	}
+	v := c.via.Load()
+	if v == nil {
+		c.l.writeErrors.Add(1)
+		return 0, fmt.Errorf("dgram: no balancer route to %s yet", c.peer)
+	}
+	bp := c.l.bufs.Get().(*[]byte)
+	out := proxyv2.AppendHeader((*bp)[:0], proxyv2.Proxy, v.vip, c.peer)
+	out = append(out, b...)
+	_, err := c.l.write(out, v.lb)
+	*bp = out
+	c.l.bufs.Put(bp)
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // Close implements net.Conn: the listener forgets the peer.
@@ -334,8 +450,14 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// LocalAddr implements net.Conn.
-func (c *Conn) LocalAddr() net.Addr { return c.l.pc.LocalAddr() }
+// LocalAddr implements net.Conn: the socket's address, or in PROXY mode
+// the service address the peer sent to.
+func (c *Conn) LocalAddr() net.Addr {
+	if v := c.via.Load(); v != nil {
+		return net.UDPAddrFromAddrPort(v.vip)
+	}
+	return c.l.pc.LocalAddr()
+}
 
 // RemoteAddr implements net.Conn.
 func (c *Conn) RemoteAddr() net.Addr { return c.raddr }

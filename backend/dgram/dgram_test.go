@@ -8,6 +8,9 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/lwm2mcluster/lwm2m/lb/peek"
+	"github.com/lwm2mcluster/lwm2m/lb/proxyv2"
 )
 
 func listen(t *testing.T, cfg Config) *Listener {
@@ -20,7 +23,7 @@ func listen(t *testing.T, cfg Config) *Listener {
 	return l
 }
 
-func client(t *testing.T, l *Listener) *net.UDPConn {
+func dialTo(t *testing.T, l *Listener) *net.UDPConn {
 	t.Helper()
 	c, err := net.DialUDP("udp", nil, l.Addr().(*net.UDPAddr))
 	if err != nil {
@@ -43,7 +46,7 @@ func accept(t *testing.T, l *Listener) *Conn {
 
 func TestDemux(t *testing.T) {
 	l := listen(t, Config{})
-	a, b := client(t, l), client(t, l)
+	a, b := dialTo(t, l), dialTo(t, l)
 	a.Write([]byte("a1"))
 	ca := accept(t, l)
 	b.Write([]byte("b1"))
@@ -90,7 +93,7 @@ func TestDemux(t *testing.T) {
 
 func TestReadDeadline(t *testing.T) {
 	l := listen(t, Config{})
-	a := client(t, l)
+	a := dialTo(t, l)
 	a.Write([]byte("x"))
 	c := accept(t, l)
 	buf := make([]byte, 10)
@@ -112,7 +115,7 @@ func TestReadDeadline(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	l := listen(t, Config{MaxSessions: 1, QueueLen: 2})
-	a, b := client(t, l), client(t, l)
+	a, b := dialTo(t, l), dialTo(t, l)
 	for range 5 {
 		a.Write([]byte("a"))
 	}
@@ -159,7 +162,6 @@ func TestDial(t *testing.T) {
 	if err != nil || string(buf[:n]) != "hello" || from.Port() != l.Addr().(*net.UDPAddr).AddrPort().Port() {
 		t.Fatalf("peer got %q from %v: %v", buf[:n], from, err)
 	}
-	_ = netip.AddrPort{}
 }
 
 func TestClose(t *testing.T) {
@@ -167,7 +169,7 @@ func TestClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := client(t, l)
+	a := dialTo(t, l)
 	a.Write([]byte("x"))
 	c := accept(t, l)
 	done := make(chan error, 1)
@@ -190,5 +192,86 @@ func TestClose(t *testing.T) {
 	}
 	if _, err := l.Accept(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Accept after Close: %v", err)
+	}
+}
+
+func TestProxyMode(t *testing.T) {
+	l := listen(t, Config{ProxyProtocol: true, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
+	lbConn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lbConn.Close()
+	to := l.Addr().(*net.UDPAddr)
+	client := netip.MustParseAddrPort("198.51.100.7:40001")
+	vip := netip.MustParseAddrPort("203.0.113.1:5683")
+
+	msg := proxyv2.AppendHeader(nil, proxyv2.Proxy, client, vip)
+	msg = append(msg, "hello"...)
+	lbConn.WriteToUDP(msg, to)
+	c := accept(t, l)
+	if c.Peer() != client || c.RemoteAddr().String() != client.String() || c.LocalAddr().String() != vip.String() {
+		t.Fatalf("session peer %v local %v, want %v %v", c.RemoteAddr(), c.LocalAddr(), client, vip)
+	}
+	buf := make([]byte, 100)
+	if n, _ := c.Read(buf); string(buf[:n]) != "hello" {
+		t.Fatalf("payload %q", buf[:n])
+	}
+	// The reply goes to the balancer behind a header naming the client.
+	if _, err := c.Write([]byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	lbConn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := lbConn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, payload, err := proxyv2.Parse(buf[:n])
+	if err != nil || h.Command != proxyv2.Proxy || h.Src != vip || h.Dst != client || string(payload) != "world" {
+		t.Fatalf("reply header %+v payload %q err %v", h, payload, err)
+	}
+
+	// LOCAL CoAP ping: answered with a LOCAL reset, no session.
+	ping := proxyv2.AppendHeader(nil, proxyv2.Local, netip.AddrPort{}, netip.AddrPort{})
+	ping = peek.AppendCoAPPing(ping, 0x1234)
+	lbConn.WriteToUDP(ping, to)
+	n, err = lbConn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, payload, err = proxyv2.Parse(buf[:n])
+	if err != nil || h.Command != proxyv2.Local || !peek.IsCoAPReset(payload, 0x1234) {
+		t.Fatalf("ping answer %+v %x %v", h, payload, err)
+	}
+
+	// Garbage from the balancer, and a forged header from elsewhere: dropped.
+	lbConn.WriteToUDP([]byte("no header"), to)
+	lbConn.WriteToUDP(msg[:10], to)
+	other := dialTo(t, l) // 127.0.0.1: not trusted
+	other.Write(msg)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := l.Stats()
+		if s.DroppedHeader == 2 && s.DroppedUntrusted == 1 && s.HealthPings == 1 {
+			if s.Sessions != 1 {
+				t.Fatalf("sessions = %d, want 1", s.Sessions)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v", s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case c, ok := <-l.accept:
+		t.Fatalf("dropped datagram opened a session: %v %v", c, ok)
+	default:
+	}
+}
+
+func TestProxyModeNeedsTrusted(t *testing.T) {
+	if _, err := Listen("127.0.0.1:0", Config{ProxyProtocol: true}); err == nil {
+		t.Fatal("PROXY mode without trusted prefixes accepted")
 	}
 }

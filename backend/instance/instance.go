@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -47,6 +48,10 @@ type Options struct {
 	// Advertise is the backend address announced in the membership, for
 	// balancers (default: the CoAP listener's address).
 	Advertise string
+	// ProxyProtocol expects every datagram behind a PROXY v2 header from
+	// one of TrustedProxies (a proxy-mode lwm2m-lb in front).
+	ProxyProtocol  bool
+	TrustedProxies []netip.Prefix
 
 	Grace         time.Duration
 	SweepInterval time.Duration
@@ -141,14 +146,14 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 	in.cancel = cancel
 
 	if o.CoAPAddr != "" {
-		l, err := dgram.Listen(o.CoAPAddr, dgram.Config{})
+		l, err := dgram.Listen(o.CoAPAddr, dgram.Config{ProxyProtocol: o.ProxyProtocol, Trusted: o.TrustedProxies})
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("--coap: %w", err)
 		}
 		in.coap = l
 		registerDgramMetrics(reg, l)
-		in.log.Info("CoAP listening", "addr", l.Addr().String())
+		in.log.Info("CoAP listening", "addr", l.Addr().String(), "proxyProtocol", o.ProxyProtocol)
 		in.wg.Add(1)
 		go func() {
 			defer in.wg.Done()
@@ -261,6 +266,9 @@ func registerDgramMetrics(reg prometheus.Registerer, l *dgram.Listener) {
 		counter("lwm2m_udp_dropped_queue_total", "Datagrams dropped: a session's queue was full.", func(s dgram.Stats) uint64 { return s.DroppedQueue }),
 		counter("lwm2m_udp_dropped_accept_total", "Datagrams dropped: too many new sessions at once.", func(s dgram.Stats) uint64 { return s.DroppedAccept }),
 		counter("lwm2m_udp_dropped_sessions_total", "Datagrams dropped: session limit reached.", func(s dgram.Stats) uint64 { return s.DroppedSessions }),
+		counter("lwm2m_udp_dropped_untrusted_total", "Datagrams dropped in PROXY mode: source is not a trusted balancer.", func(s dgram.Stats) uint64 { return s.DroppedUntrusted }),
+		counter("lwm2m_udp_dropped_header_total", "Datagrams dropped in PROXY mode: missing or invalid PROXY v2 header.", func(s dgram.Stats) uint64 { return s.DroppedHeader }),
+		counter("lwm2m_udp_health_pings_total", "Balancer health-check pings (PROXY LOCAL) answered.", func(s dgram.Stats) uint64 { return s.HealthPings }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lwm2m_sessions", Help: "Open CoAP sessions (one per device address)."},
 			func() float64 { return float64(l.Stats().Sessions) }),
 	)

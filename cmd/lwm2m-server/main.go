@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -52,12 +53,28 @@ func run(args []string) error {
 	fs.DurationVar(&o.MemberTTL, "member-ttl", membership.DefaultTTL, "membership entry lifetime without heartbeat")
 	fs.DurationVar(&o.IdleTimeout, "session-idle", server.DefaultIdleTimeout, "close a device's CoAP session after this much silence")
 	fs.IntVar(&o.MaxPayload, "max-payload", server.DefaultMaxPayload, "largest Register/Update payload accepted, in bytes (4.13 beyond)")
+	fs.BoolVar(&o.ProxyProtocol, "proxy-protocol", false, "expect a PROXY v2 header on every datagram (behind lwm2m-lb in proxy mode); needs --trusted-proxy")
+	fs.Func("trusted-proxy", "CIDR of balancers allowed to send PROXY headers (repeatable)", func(v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil {
+				return fmt.Errorf("want a CIDR or an address: %w", err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		o.TrustedProxies = append(o.TrustedProxies, p.Masked())
+		return nil
+	})
 	logf.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return nil
 		}
 		return err
+	}
+	if o.ProxyProtocol && len(o.TrustedProxies) == 0 {
+		return fmt.Errorf("--proxy-protocol needs at least one --trusted-proxy")
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
