@@ -300,3 +300,31 @@ func (s *subscriber) none(t *testing.T, d time.Duration) {
 	case <-time.After(d):
 	}
 }
+
+// startProcPath starts a program from PATH (a real peer such as libcoap's
+// coap-server-notls), stopped when the test ends.
+func startProcPath(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: run `make test`, which installs it", name)
+	}
+	p := &proc{name: name, done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.Kill()
+		}
+		if t.Failed() {
+			t.Logf("--- %s output:\n%s", name, p.Output())
+		}
+	})
+	return p
+}
