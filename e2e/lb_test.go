@@ -225,3 +225,105 @@ func TestLBNatLibcoapServer(t *testing.T) {
 		t.Errorf("nat flows opened:\n%s", m)
 	}
 }
+
+type lbBackend struct {
+	Addr     string `json:"addr"`
+	State    string `json:"state"`
+	Draining bool   `json:"draining"`
+}
+
+// TestLBDiscoveryDrainLeave: the balancer follows the membership: a
+// draining instance keeps its devices and gets no new ones, an instance that
+// stops leaves the backend set, each within two seconds.
+func TestLBDiscoveryDrainLeave(t *testing.T) {
+	need(t, "coap-client-notls", "redis-cli", "redis-server")
+	rds := redistest.Start(t)
+	proxyArgs := []string{"--proxy-protocol", "--trusted-proxy", "127.0.0.1", "--heartbeat", "200ms", "--member-ttl", "1s"}
+	s1 := startServer(t, "s1", rds.URL, proxyArgs...)
+	s2 := startServer(t, "s2", rds.URL, proxyArgs...)
+	lb := startLB(t, "--discover", rds.URL)
+	lb.waitBackends(t, "two backends up", func(bs []backendStatus) bool {
+		return len(bs) == 2 && bs[0].State == "up" && bs[1].State == "up"
+	})
+	sub := subscribe(t, rds.Addr, "LESHAN_REG_NEW", "LESHAN_REG_UP")
+	register := func(ep string, port int) (string, string) {
+		res := coapClient(t, "-p", fmt.Sprint(port), "-m", "post", "-t", "40", "-e", deviceLinks, fmt.Sprintf("coap://%s/rd?ep=%s&lt=300", lb.vip, ep))
+		if res.Code != "2.01" {
+			t.Fatalf("register %s: %s\n%s", ep, res.Code, res.Output)
+		}
+		_, payload := sub.next(t, 5*time.Second)
+		return strings.TrimPrefix(res.Location, "rd/"), decodeReg(t, payload).Instance
+	}
+	type dev struct {
+		port        int
+		regID, inst string
+	}
+	var onS1 []dev
+	for i := 0; len(onS1) < 3 && i < 40; i++ {
+		d := dev{port: freeUDPPort(t)}
+		d.regID, d.inst = register(fmt.Sprintf("old-%d", i), d.port)
+		if d.inst == "s1" {
+			onS1 = append(onS1, d)
+		}
+	}
+	if len(onS1) == 0 {
+		t.Fatal("no device placed on s1")
+	}
+
+	// Drain s1 through its admin endpoint.
+	resp, err := http.Post("http://"+s1.admin+"/drain", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /drain: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	start := time.Now()
+	lb.waitBackends(t, "s1 draining", func(bs []backendStatus) bool {
+		for _, b := range lbBackends(t, lb) {
+			if b.Addr == s1.coap {
+				return b.Draining
+			}
+		}
+		return false
+	})
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("drain followed after %v, want within 2s", d)
+	}
+	for i := range 10 {
+		if _, inst := register(fmt.Sprintf("new-%d", i), freeUDPPort(t)); inst != "s2" {
+			t.Fatalf("new device placed on draining %s", inst)
+		}
+	}
+	for _, d := range onS1 {
+		res := coapClient(t, "-p", fmt.Sprint(d.port), "-m", "post", fmt.Sprintf("coap://%s/rd/%s", lb.vip, d.regID))
+		_, payload := sub.next(t, 5*time.Second)
+		var up struct {
+			Updated regEvent `json:"regUpdated"`
+		}
+		_ = json.Unmarshal([]byte(payload), &up)
+		if res.Code != "2.04" || up.Updated.Instance != "s1" {
+			t.Fatalf("device of the draining instance: %s, now on %q", res.Code, up.Updated.Instance)
+		}
+	}
+
+	// s2 stops cleanly: it leaves the membership, the balancer drops it.
+	s2.Stop(t)
+	start = time.Now()
+	lb.waitBackends(t, "s2 gone", func(bs []backendStatus) bool { return len(bs) == 1 && bs[0].Addr == s1.coap })
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("leave followed after %v, want within 2s", d)
+	}
+}
+
+func lbBackends(t *testing.T, lb *lwm2mLB) []lbBackend {
+	t.Helper()
+	resp, err := http.Get("http://" + lb.admin + "/backends")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string][]lbBackend
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m["default"]
+}

@@ -168,7 +168,10 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 
 	advertise := o.Advertise
 	if advertise == "" && in.coap != nil {
-		advertise = in.coap.Addr().String()
+		advertise = advertiseAddr(in.coap.Addr().(*net.UDPAddr).AddrPort())
+		if advertise != in.coap.Addr().String() {
+			in.log.Info("announcing a concrete backend address for the wildcard listener (set --advertise to choose)", "advertise", advertise)
+		}
 	}
 	in.announce = membership.New(in.store, store.Member{
 		ID: o.InstanceID, CoAP: addrString(in.coap), Backend: advertise, Admin: o.AdminAddr,
@@ -182,6 +185,16 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 			Health: in.store.Ping,
 			Handlers: map[string]http.Handler{
 				"GET /members": admin.JSON(func(ctx context.Context) (any, error) { return in.store.Members(ctx) }),
+				// Draining: balancers send this instance no new devices
+				// and keep its current ones (see docs/operations.md).
+				"POST /drain": admin.JSON(func(context.Context) (any, error) {
+					in.SetDraining(true)
+					return in.announce.Member(), nil
+				}),
+				"POST /undrain": admin.JSON(func(context.Context) (any, error) {
+					in.SetDraining(false)
+					return in.announce.Member(), nil
+				}),
 			},
 		})
 		if err != nil {
@@ -193,6 +206,22 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 		in.log.Info("admin endpoint listening", "addr", a.Addr().String())
 	}
 	return in, nil
+}
+
+// advertiseAddr turns a wildcard listen address into one a balancer can
+// reach: the first global unicast address of this host, else loopback.
+func advertiseAddr(bound netip.AddrPort) string {
+	if !bound.Addr().IsUnspecified() {
+		return bound.String()
+	}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().IsGlobalUnicast() && p.Addr().Is4() {
+				return netip.AddrPortFrom(p.Addr(), bound.Port()).String()
+			}
+		}
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), bound.Port()).String()
 }
 
 func addrString(l *dgram.Listener) string {

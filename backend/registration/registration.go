@@ -114,6 +114,8 @@ func (r *Registration) Apply(u *Update, now time.Time) {
 	}
 	if u.Binding != "" {
 		r.Binding = u.Binding
+		// LwM2M 1.0 expresses queue mode in the binding.
+		r.Queue = strings.Contains(u.Binding, "Q") || (r.Queue && r.Version != "1.0")
 	}
 	if u.SMS != nil {
 		r.SMS = *u.SMS
@@ -322,11 +324,23 @@ func validText(s string) bool {
 // rt="oma.lwm2m" (alternate path), "/" when there is none. Every other link
 // must be /objectID or /objectID/instanceID under the root.
 func ObjectLinks(payload []byte) ([]linkformat.Link, string, error) {
+	return ObjectLinksUnder(payload, "/")
+}
+
+// ObjectLinksUnder is ObjectLinks for a device whose root path is already
+// known (an Update): links are checked under root unless the payload names
+// another one.
+func ObjectLinksUnder(payload []byte, root string) ([]linkformat.Link, string, error) {
 	links, err := linkformat.Parse(string(payload))
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
-	root := "/"
+	if root == "" {
+		root = "/"
+	}
+	if !strings.HasSuffix(root, "/") {
+		root += "/"
+	}
 	for _, l := range links {
 		if l.Attrs["rt"] == "oma.lwm2m" {
 			root = l.URL

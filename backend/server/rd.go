@@ -192,15 +192,24 @@ func (s *Server) update(w *responseWriter, r *pool.Message, id string) (codes.Co
 		ID: id, Address: from.Addr().String(), Port: from.Port(),
 		Lifetime: params.Lifetime, Binding: params.Binding, SMS: params.SMS, AddAttr: params.AddAttr,
 	}
+	ctx, cancel := s.storeCtx(r)
+	defer cancel()
 	if len(bytes.TrimSpace(payload)) > 0 {
-		links, _, err := registration.ObjectLinks(payload)
+		// Links are checked under the device's root path (alternate path).
+		cur, err := s.cfg.Store.Get(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return codes.NotFound, "no such registration"
+		}
+		if err != nil {
+			s.m.storeErrors.Inc()
+			return codes.ServiceUnavailable, "registration store unavailable"
+		}
+		links, _, err := registration.ObjectLinksUnder(payload, cur.Root)
 		if err != nil {
 			return badRequest(err)
 		}
 		u.ObjLinks = links
 	}
-	ctx, cancel := s.storeCtx(r)
-	defer cancel()
 	updated, err := s.cfg.Store.Update(ctx, u, s.now())
 	if errors.Is(err, store.ErrNotFound) {
 		return codes.NotFound, "no such registration"

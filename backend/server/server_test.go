@@ -279,3 +279,23 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("expire counter = %v", got)
 	}
 }
+
+func TestAlternatePathUpdate(t *testing.T) {
+	f := start(t, Config{})
+	cc := f.dial(t)
+	resp := post(t, cc, "/rd", message.AppLinkFormat, `</lwm2m>;rt="oma.lwm2m",</lwm2m/1/0>,</lwm2m/3/0>`, "ep=alt")
+	if resp.Code() != codes.Created {
+		t.Fatalf("register: %v", resp.Code())
+	}
+	loc, _ := resp.Options().LocationPath()
+	var reg registration.Registration
+	if err := json.Unmarshal(f.event(t, northbound.ChannelRegNew), &reg); err != nil || reg.Root != "/lwm2m" {
+		t.Fatalf("REG_NEW root = %q, %v", reg.Root, err)
+	}
+	if resp := post(t, cc, loc, message.AppLinkFormat, "</lwm2m/3/0>,</lwm2m/5/0>"); resp.Code() != codes.Changed {
+		t.Fatalf("update under the alternate path: %v", resp.Code())
+	}
+	if resp := post(t, cc, loc, message.AppLinkFormat, "</3/0>"); resp.Code() != codes.BadRequest {
+		t.Fatalf("update outside the alternate path: %v, want 4.00", resp.Code())
+	}
+}

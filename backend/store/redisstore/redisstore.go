@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -44,18 +45,33 @@ type Options struct {
 	Grace time.Duration
 }
 
-// Open connects to the Redis server(s) named by url (redis://, rediss://,
-// or redis-sentinel style URLs that go-redis' ParseURL / ParseClusterURL
-// understand) and checks the connection.
+// Open connects to the Redis server named by url and checks the
+// connection. A plain URL (redis://[user:pass@]host:port/db, or rediss://
+// for TLS) names one server; a URL with a master_name parameter names
+// Sentinels (redis://sentinel1:26379/0?master_name=mymaster&addr=sentinel2:26379),
+// and the client follows fail-overs. Redis Cluster is not supported: the
+// scripts touch keys of several hash slots.
 func Open(ctx context.Context, url string, o Options) (*Store, error) {
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("redisstore: parse %q: %w", url, err)
+	var c redis.UniversalClient
+	where := url
+	if strings.Contains(url, "master_name=") {
+		fo, err := redis.ParseFailoverURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: parse sentinel URL: %w", err)
+		}
+		c = redis.NewFailoverClient(fo)
+		where = fmt.Sprintf("master %s via sentinels %v", fo.MasterName, fo.SentinelAddrs)
+	} else {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: parse URL: %w", err)
+		}
+		c = redis.NewClient(opts)
+		where = opts.Addr
 	}
-	c := redis.NewClient(opts)
 	if err := c.Ping(ctx).Err(); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("redisstore: connect to %s: %w", opts.Addr, err)
+		return nil, fmt.Errorf("redisstore: connect to %s: %w", where, err)
 	}
 	s := New(c, o)
 	s.owned = true
