@@ -17,7 +17,7 @@ run: build
 	./$(BIN)/lwm2m-server --coap 127.0.0.1:5683 --admin 127.0.0.1:9683
 
 deps:
-	./scripts/deps.sh
+	./scripts/deps.sh nginx
 
 # Every test, with the race detector; installs what the tests need first.
 test: deps
