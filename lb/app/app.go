@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
@@ -158,7 +159,8 @@ func (s *Service) backends() ([]balancer.Backend, error) {
 // running is a started service.
 type running struct {
 	svc    Service
-	key    string // what requires a restart when it changes
+	reg    *prometheus.Registry // the service's own metrics, gone with it
+	key    string               // what requires a restart when it changes
 	b      *balancer.Balancer
 	cancel context.CancelFunc
 	done   chan error
@@ -200,7 +202,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	}
 	if cfg.Admin != "" {
 		adm, err := admin.Listen(admin.Config{
-			Addr: cfg.Admin, Gatherer: a.reg, Logger: log, Health: a.health,
+			Addr: cfg.Admin, Gatherer: prometheus.GathererFunc(a.gather), Logger: log, Health: a.health,
 			Handlers: map[string]http.Handler{
 				"GET /backends": admin.JSON(func(context.Context) (any, error) { return a.Backends(), nil }),
 			},
@@ -260,20 +262,32 @@ func (a *App) apply(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// gather collects the process metrics and those of every running service.
+func (a *App) gather() ([]*dto.MetricFamily, error) {
+	a.mu.Lock()
+	gs := prometheus.Gatherers{a.reg}
+	for _, r := range a.services {
+		gs = append(gs, r.reg)
+	}
+	a.mu.Unlock()
+	return gs.Gather()
+}
+
 func (a *App) startService(ctx context.Context, cfg Config, s Service) (*running, error) {
 	listen, _ := s.listen()
+	reg := prometheus.NewRegistry()
 	mode, _ := balancer.ParseMode(s.Mode)
 	b, err := balancer.New(balancer.Config{
 		Name: s.Name, Listen: listen, Mode: mode, Workers: cfg.Workers,
 		FlowIdleTimeout: time.Duration(cfg.FlowIdleTimeout), MaxFlows: cfg.MaxFlows, MaglevSize: cfg.MaglevSize,
 		Health: health.Config{Interval: time.Duration(cfg.HealthInterval), Timeout: time.Duration(cfg.HealthTimeout), Rise: cfg.Rise, Fall: cfg.Fall},
-		Logger: a.log, Registerer: a.reg,
+		Logger: a.log, Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &running{svc: s, key: serviceKey(cfg, s), b: b, cancel: cancel, done: make(chan error, 1)}
+	r := &running{svc: s, reg: reg, key: serviceKey(cfg, s), b: b, cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		err := b.Run(rctx)
 		if err != nil {
@@ -341,7 +355,15 @@ func (a *App) Reload(ctx context.Context, cfg Config) error {
 	if cfg.Discover != old.Discover || cfg.Admin != old.Admin || cfg.KeyPrefix != old.KeyPrefix {
 		return errors.New("reload: admin, discover and keyPrefix need a restart")
 	}
-	return a.apply(ctx, cfg)
+	if err := a.apply(ctx, cfg); err != nil {
+		// Put back what was running (services stopped for a restart are
+		// started again with their old settings).
+		if rerr := a.apply(ctx, old); rerr != nil {
+			return fmt.Errorf("reload: %w; restoring the previous configuration also failed: %v", err, rerr)
+		}
+		return fmt.Errorf("reload: %w (previous configuration restored)", err)
+	}
+	return nil
 }
 
 // Backends returns each service's backends.
@@ -365,11 +387,12 @@ func (a *App) Balancer(name string) *balancer.Balancer {
 	return nil
 }
 
-// health is healthy when every service has a backend up.
+// health is healthy when every service has a backend that takes new
+// clients (up and not draining).
 func (a *App) health(context.Context) error {
 	for name, bs := range a.Backends() {
-		if !slices.ContainsFunc(bs, func(b balancer.BackendStatus) bool { return b.State == "up" }) {
-			return fmt.Errorf("service %s has no backend up", name)
+		if !slices.ContainsFunc(bs, func(b balancer.BackendStatus) bool { return b.State == "up" && !b.Draining }) {
+			return fmt.Errorf("service %s has no backend up that takes new clients", name)
 		}
 	}
 	return nil

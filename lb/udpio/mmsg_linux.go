@@ -129,10 +129,13 @@ func (c *Conn) doRead(fd uintptr) bool {
 }
 
 // WriteBatch sends every message, in as few system calls as it can. It
-// returns how many were sent; on error, the rest were not.
+// returns how many were sent. A datagram the kernel refuses for its
+// destination (wrong address family, unreachable) is skipped and not
+// counted; on any other error the rest are not sent.
 func (c *Conn) WriteBatch(ms []Msg) (int, error) {
-	sent := 0
-	for sent < len(ms) {
+	done, skipped := 0, 0
+	for done < len(ms) {
+		sent := done
 		n := min(len(ms)-sent, len(c.wh))
 		for i := 0; i < n; i++ {
 			m := &ms[sent+i]
@@ -160,14 +163,15 @@ func (c *Conn) WriteBatch(ms []Msg) (int, error) {
 			if errors.Is(c.werr, unix.EAFNOSUPPORT) || errors.Is(c.werr, unix.EINVAL) ||
 				errors.Is(c.werr, unix.ENETUNREACH) || errors.Is(c.werr, unix.EHOSTUNREACH) ||
 				errors.Is(c.werr, unix.ECONNREFUSED) || errors.Is(c.werr, unix.EPERM) {
-				sent++
+				done++
+				skipped++
 				continue
 			}
-			return sent, c.werr
+			return done - skipped, c.werr
 		}
-		sent += c.wn
+		done += c.wn
 	}
-	return sent, nil
+	return done - skipped, nil
 }
 
 func (c *Conn) doWrite(fd uintptr) bool {
