@@ -45,3 +45,14 @@ bench: deps
 
 clean:
 	rm -rf $(BIN)
+
+# UDP load-balancer throughput: direct echo, nginx's stream UDP proxy, and
+# lwm2m-lb in nat and proxy modes, in one run (bench/lbbench). Installs nginx
+# and its stream module when missing. LBBENCHFLAGS adds flags, for example
+# LBBENCHFLAGS='--duration 10s --json lbbench.json'.
+.PHONY: bench-lb
+bench-lb:
+	./scripts/deps.sh nginx
+	@mkdir -p $(BIN)
+	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/lwm2m-lbbench $(addprefix ./,$(wildcard cmd/lwm2m-lb))
+	./$(BIN)/lwm2m-lbbench $(LBBENCHFLAGS)

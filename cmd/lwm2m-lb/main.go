@@ -50,6 +50,8 @@ func run(args []string) error {
 	cli.Usage(fs, synopsis)
 	var (
 		listen, backends multi
+		listenDTLS       multi
+		backendsDTLS     multi
 		cfg              app.Config
 		mode             string
 		backendPort      uint
@@ -60,6 +62,9 @@ func run(args []string) error {
 	)
 	fs.Var(&listen, "listen", "service address IP:port (repeatable)")
 	fs.Var(&backends, "backend", "static backend IP:port (repeatable)")
+	fs.Var(&listenDTLS, "listen-dtls", "CoAP-over-DTLS service address IP:port (repeatable): a second service, routed by DTLS Connection ID")
+	fs.Var(&backendsDTLS, "backend-dtls", "static CoAPS backend IP:port for the DTLS service (repeatable; node ids come only with --discover)")
+	fs.IntVar(&cfg.CIDLen, "cid-len", app.DefaultCIDLen, "DTLS Connection ID length the instances issue")
 	fs.StringVar(&cfg.Discover, "discover", "", "Redis URL: take backends from the lwm2m-server membership")
 	fs.StringVar(&cfg.KeyPrefix, "key-prefix", redisstore.DefaultPrefix, "Redis key prefix of the cluster (with --discover)")
 	fs.UintVar(&backendPort, "backend-port", 0, "port of discovered backends (0: as announced)")
@@ -95,7 +100,12 @@ func run(args []string) error {
 	load := func() (app.Config, error) {
 		if file == "" {
 			c := cfg
-			c.Services = []app.Service{{Name: "default", Listen: listen, Mode: mode, Backends: backends, BackendPort: uint16(backendPort)}}
+			if len(listen) > 0 || len(listenDTLS) == 0 {
+				c.Services = append(c.Services, app.Service{Name: "default", Listen: listen, Mode: mode, Backends: backends, BackendPort: uint16(backendPort)})
+			}
+			if len(listenDTLS) > 0 {
+				c.Services = append(c.Services, app.Service{Name: "dtls", Listen: listenDTLS, Mode: mode, Backends: backendsDTLS, DTLS: true})
+			}
 			return c, c.Validate()
 		}
 		return app.Load(file)

@@ -29,6 +29,9 @@ import (
 	"github.com/lwm2mcluster/lwm2m/lb/health"
 )
 
+// DefaultCIDLen is the Connection ID length lwm2m-server issues by default.
+const DefaultCIDLen = 8
+
 // Duration is a time.Duration that reads "1s" style strings from JSON.
 type Duration time.Duration
 
@@ -58,6 +61,10 @@ type Service struct {
 	Backends []string `json:"backends,omitempty"`
 	// BackendPort replaces the port of discovered backends (0: as announced).
 	BackendPort uint16 `json:"backendPort,omitempty"`
+	// DTLS makes this a CoAP-over-DTLS service: discovered backends are the
+	// instances' CoAPS addresses and records with a Connection ID are routed
+	// to the instance that issued it.
+	DTLS bool `json:"dtls,omitempty"`
 }
 
 // Config is lwm2m-lb's configuration (the -c file, or built from flags).
@@ -75,6 +82,9 @@ type Config struct {
 	MaxFlows        int      `json:"maxFlows,omitempty"`
 	MaglevSize      uint64   `json:"maglevSize,omitempty"`
 	Workers         int      `json:"workers,omitempty"`
+	// CIDLen is the DTLS Connection ID length the instances issue
+	// (default 8), for DTLS services.
+	CIDLen int `json:"cidLen,omitempty"`
 
 	Services []Service `json:"services"`
 }
@@ -222,10 +232,12 @@ func serviceKey(c Config, s Service) string {
 		L           []string
 		M           string
 		P           uint16
+		D           bool
+		C           int
 		HI, HT, FI  Duration
 		R, F, MF, W int
 		MS          uint64
-	}{s.Listen, s.Mode, s.BackendPort, c.HealthInterval, c.HealthTimeout, c.FlowIdleTimeout, c.Rise, c.Fall, c.MaxFlows, c.Workers, c.MaglevSize})
+	}{s.Listen, s.Mode, s.BackendPort, s.DTLS, c.CIDLen, c.HealthInterval, c.HealthTimeout, c.FlowIdleTimeout, c.Rise, c.Fall, c.MaxFlows, c.Workers, c.MaglevSize})
 	return string(b)
 }
 
@@ -277,8 +289,15 @@ func (a *App) startService(ctx context.Context, cfg Config, s Service) (*running
 	listen, _ := s.listen()
 	reg := prometheus.NewRegistry()
 	mode, _ := balancer.ParseMode(s.Mode)
+	cidLen := 0
+	if s.DTLS {
+		cidLen = cfg.CIDLen
+		if cidLen == 0 {
+			cidLen = DefaultCIDLen
+		}
+	}
 	b, err := balancer.New(balancer.Config{
-		Name: s.Name, Listen: listen, Mode: mode, Workers: cfg.Workers,
+		Name: s.Name, Listen: listen, Mode: mode, Workers: cfg.Workers, CIDLen: cidLen,
 		FlowIdleTimeout: time.Duration(cfg.FlowIdleTimeout), MaxFlows: cfg.MaxFlows, MaglevSize: cfg.MaglevSize,
 		Health: health.Config{Interval: time.Duration(cfg.HealthInterval), Timeout: time.Duration(cfg.HealthTimeout), Rise: cfg.Rise, Fall: cfg.Fall},
 		Logger: a.log, Registerer: reg,
@@ -335,7 +354,7 @@ func (a *App) setMembers(ms []store.Member) {
 func (a *App) updateBackendsLocked(r *running) {
 	bs, _ := r.svc.backends()
 	if a.cfg.Discover != "" {
-		for _, d := range discovery.Backends(a.members, r.svc.BackendPort) {
+		for _, d := range discovery.Backends(a.members, r.svc.BackendPort, r.svc.DTLS) {
 			if !slices.ContainsFunc(bs, func(x balancer.Backend) bool { return x.Addr == d.Addr }) {
 				bs = append(bs, d)
 			}

@@ -114,3 +114,58 @@ func BenchmarkForwardProxy(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*64)/b.Elapsed().Seconds(), "datagrams/s")
 }
+
+// cidRecord returns a tls12_cid record header (and a few payload bytes)
+// whose CID starts with node.
+func cidRecord(node uint16) []byte {
+	b := []byte{25, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7, byte(node >> 8), byte(node), 1, 2, 3, 4, 5, 6, 0, 8}
+	return append(b, make([]byte, 8)...)
+}
+
+// TestCIDRouting: a CID record goes to the node that issued the CID, even
+// from a client the flow table places elsewhere; the new address follows;
+// an unknown node falls back to the flow table.
+func TestCIDRouting(t *testing.T) {
+	w, _ := hotWorker(t, 1)
+	b := w.b
+	b.cfg.CIDLen = 8
+	var bs []Backend
+	for i, a := range b.snap.Load().addrs {
+		bs = append(bs, Backend{Addr: a, NodeID: uint16(100 + i)})
+	}
+	b.SetBackends(bs)
+	forceHealthy(b)
+	s := b.snap.Load()
+	client := netip.MustParseAddrPort("192.0.2.55:40000")
+	placed, _ := b.Place(client)
+	var target int
+	for i, a := range s.addrs {
+		if a != placed {
+			target = i
+			break
+		}
+	}
+	send := func(payload []byte) netip.AddrPort {
+		m := &w.in[0]
+		m.Offset, m.Addr = headroom, client
+		m.N = copy(m.Buf[headroom:], payload)
+		w.handle(1, time.Now())
+		if len(w.out) != 1 {
+			t.Fatalf("%d datagrams out", len(w.out))
+		}
+		return w.out[0].Addr
+	}
+	if got := send(cidRecord(uint16(100 + target))); got != s.addrs[target] {
+		t.Fatalf("CID record for node %d went to %v, want %v", 100+target, got, s.addrs[target])
+	}
+	// A plain datagram from the same client now follows the CID's node.
+	if got := send([]byte("coap")); got != s.addrs[target] {
+		t.Fatalf("the client's next datagram went to %v, want %v", got, s.addrs[target])
+	}
+	if got := send(cidRecord(999)); got != s.addrs[target] {
+		t.Fatalf("unknown node: went to %v, want the flow's backend %v", got, s.addrs[target])
+	}
+	if tot := b.Totals(); tot.CIDRouted != 1 || tot.CIDUnknown != 1 {
+		t.Fatalf("CID counters %+v", tot)
+	}
+}

@@ -97,6 +97,10 @@ type Config struct {
 	Batch int
 	// SocketBuffer is SO_RCVBUF/SO_SNDBUF per socket (default 4 MiB).
 	SocketBuffer int
+	// CIDLen, when not 0, makes this a DTLS service: a datagram whose first
+	// record carries a Connection ID of this length (RFC 9146) goes to the
+	// backend whose node id starts the CID, whatever its source address.
+	CIDLen int
 	// Health configures the health checks (ProxyLocal is set by Mode).
 	Health health.Config
 	Logger *slog.Logger
@@ -108,6 +112,8 @@ type Config struct {
 type Backend struct {
 	Addr     netip.AddrPort
 	Draining bool
+	// NodeID is the backend's DTLS Connection ID prefix (0: unknown).
+	NodeID uint16
 }
 
 // BackendStatus is a backend's state for operators (/backends).
@@ -115,6 +121,7 @@ type BackendStatus struct {
 	Addr     string `json:"addr"`
 	State    string `json:"state"` // up, down, unknown
 	Draining bool   `json:"draining"`
+	NodeID   uint16 `json:"nodeId,omitempty"`
 	Flows    int    `json:"flows"`
 }
 
@@ -123,6 +130,7 @@ type backend struct {
 	addr     netip.AddrPort
 	draining bool
 	present  bool
+	nodeID   uint16
 }
 
 // snapshot is the immutable view the workers read.
@@ -132,6 +140,7 @@ type snapshot struct {
 	usable   []bool           // by backend id: present and healthy
 	addrs    []netip.AddrPort // by backend id
 	byAddr   map[netip.AddrPort]int32
+	byNode   map[uint16]int32 // DTLS node id -> backend id
 }
 
 // Balancer forwards one service.
@@ -222,7 +231,10 @@ func New(cfg Config) (*Balancer, error) {
 	if cfg.Mode == ModeNAT {
 		b.nat = newNATTable(b)
 	}
-	b.snap.Store(&snapshot{byAddr: map[netip.AddrPort]int32{}})
+	if cfg.CIDLen < 0 || cfg.CIDLen > 255 || (cfg.CIDLen > 0 && cfg.CIDLen < 2) {
+		return nil, fmt.Errorf("balancer: CID length %d out of range", cfg.CIDLen)
+	}
+	b.snap.Store(&snapshot{byAddr: map[netip.AddrPort]int32{}, byNode: map[uint16]int32{}})
 	return b, nil
 }
 
@@ -255,6 +267,7 @@ func (b *Balancer) SetBackends(bs []Backend) {
 			b.log.Info("backend drain state changed", "backend", addr.String(), "draining", x.Draining)
 		}
 		be.draining = x.Draining
+		be.nodeID = x.NodeID
 	}
 	targets := make([]health.Target, 0, len(b.byAddr))
 	for addr := range b.byAddr {
@@ -277,6 +290,7 @@ func (b *Balancer) rebuild() {
 	s := &snapshot{
 		usable: make([]bool, n), addrs: make([]netip.AddrPort, n),
 		byAddr: make(map[netip.AddrPort]int32, len(b.byAddr)),
+		byNode: map[uint16]int32{},
 	}
 	var mb []maglev.Backend
 	var ids []int32
@@ -288,6 +302,9 @@ func (b *Balancer) rebuild() {
 			continue
 		}
 		s.byAddr[be.addr] = be.id
+		if be.nodeID != 0 {
+			s.byNode[be.nodeID] = be.id
+		}
 		healthy := b.checker.Healthy(be.addr.String())
 		s.usable[be.id] = healthy
 		if !healthy && int(be.id) < len(old.usable) && old.usable[be.id] {
@@ -387,7 +404,7 @@ func (b *Balancer) Backends() []BackendStatus {
 				state = "up"
 			}
 		}
-		out = append(out, BackendStatus{Addr: be.addr.String(), State: state, Draining: be.draining, Flows: counts[be.id]})
+		out = append(out, BackendStatus{Addr: be.addr.String(), State: state, Draining: be.draining, NodeID: be.nodeID, Flows: counts[be.id]})
 	}
 	slices.SortFunc(out, func(a, b BackendStatus) int {
 		if a.Addr < b.Addr {

@@ -380,12 +380,15 @@ func TestSamePlacementAcrossBalancers(t *testing.T) {
 func forceHealthy(b *Balancer) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := &snapshot{usable: make([]bool, len(b.backends)), addrs: make([]netip.AddrPort, len(b.backends)), byAddr: map[netip.AddrPort]int32{}}
+	s := &snapshot{usable: make([]bool, len(b.backends)), addrs: make([]netip.AddrPort, len(b.backends)), byAddr: map[netip.AddrPort]int32{}, byNode: map[uint16]int32{}}
 	var mb []maglev.Backend
 	var ids []int32
 	for _, be := range b.backends {
 		s.addrs[be.id], s.usable[be.id] = be.addr, true
 		s.byAddr[be.addr] = be.id
+		if be.nodeID != 0 {
+			s.byNode[be.nodeID] = be.id
+		}
 		mb = append(mb, maglev.Backend{Name: be.addr.String(), Weight: 1})
 		ids = append(ids, be.id)
 	}

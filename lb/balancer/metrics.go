@@ -28,6 +28,7 @@ type counters struct {
 	rx, tx, replies, batches atomic.Uint64
 	readErrors, writeErrors  atomic.Uint64
 	natOpened                atomic.Uint64
+	cidRouted, cidUnknown    atomic.Uint64
 	dropped                  [numDrops]atomic.Uint64
 	_                        [64]byte
 }
@@ -42,6 +43,7 @@ type metrics struct {
 	natExpired  prometheus.Counter
 
 	rx, tx, replies, batches, readErrors, writeErrors, natOpened, dropped, flows, natFlows *prometheus.Desc
+	cidRouted, cidUnknown                                                                  *prometheus.Desc
 }
 
 func newMetrics(reg prometheus.Registerer, service string, b *Balancer) *metrics {
@@ -66,6 +68,8 @@ func newMetrics(reg prometheus.Registerer, service string, b *Balancer) *metrics
 		dropped:     desc("lwm2m_lb_dropped_total", "Datagrams dropped, by reason.", "reason"),
 		flows:       desc("lwm2m_lb_flows", "Flows in the sticky flow table."),
 		natFlows:    desc("lwm2m_lb_nat_flows", "Open NAT-mode upstream sockets."),
+		cidRouted:   desc("lwm2m_lb_cid_routed_total", "DTLS records routed by Connection ID to their node."),
+		cidUnknown:  desc("lwm2m_lb_cid_unknown_total", "DTLS records whose Connection ID names no usable node (placed by the flow table instead)."),
 	}
 	m.all = append(m.all, m.relayCounters)
 	if reg != nil {
@@ -84,7 +88,7 @@ func (m *metrics) newCounters() *counters {
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.rx, m.tx, m.replies, m.batches, m.readErrors, m.writeErrors, m.natOpened, m.dropped, m.flows, m.natFlows} {
+	for _, d := range []*prometheus.Desc{m.rx, m.tx, m.replies, m.batches, m.readErrors, m.writeErrors, m.natOpened, m.dropped, m.flows, m.natFlows, m.cidRouted, m.cidUnknown} {
 		ch <- d
 	}
 }
@@ -92,6 +96,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Totals are the summed counters.
 type Totals struct {
 	Received, Sent, Replies, Batches, ReadErrors, WriteErrors, NATOpened uint64
+	CIDRouted, CIDUnknown                                                uint64
 	Dropped                                                              map[string]uint64
 }
 
@@ -109,6 +114,8 @@ func (b *Balancer) Totals() Totals {
 		t.ReadErrors += c.readErrors.Load()
 		t.WriteErrors += c.writeErrors.Load()
 		t.NATOpened += c.natOpened.Load()
+		t.CIDRouted += c.cidRouted.Load()
+		t.CIDUnknown += c.cidUnknown.Load()
 		for i := range c.dropped {
 			t.Dropped[dropNames[i]] += c.dropped[i].Load()
 		}
@@ -129,6 +136,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.readErrors, t.ReadErrors)
 	counter(m.writeErrors, t.WriteErrors)
 	counter(m.natOpened, t.NATOpened)
+	counter(m.cidRouted, t.CIDRouted)
+	counter(m.cidUnknown, t.CIDUnknown)
 	for i, name := range dropNames {
 		counter(m.dropped, t.Dropped[name], dropNames[i])
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lwm2mcluster/lwm2m/lb/flowtable"
+	"github.com/lwm2mcluster/lwm2m/lb/peek"
 	"github.com/lwm2mcluster/lwm2m/lb/proxyv2"
 	"github.com/lwm2mcluster/lwm2m/lb/udpio"
 )
@@ -80,6 +81,23 @@ func (w *worker) handle(n int, now time.Time) {
 			continue
 		}
 		key := flowtable.MakeKey(m.Addr, w.service)
+		if w.b.cfg.CIDLen > 0 {
+			if node, ok := peek.DTLSCID(m.Payload(), w.b.cfg.CIDLen); ok {
+				if id, ok := s.byNode[node]; ok && s.usable[id] {
+					// The session's node, wherever the device now sends
+					// from; its new address follows in the flow table.
+					w.b.flows.Insert(key, id, now)
+					w.c.cidRouted.Add(1)
+					if w.b.cfg.Mode == ModeNAT {
+						w.b.nat.forward(w, s, id, m.Addr, m.Payload(), now)
+					} else {
+						w.forward(m, s.addrs[id])
+					}
+					continue
+				}
+				w.c.cidUnknown.Add(1)
+			}
+		}
 		id, ok := w.b.pick(s, key, m.Addr, now)
 		if !ok {
 			w.c.dropped[dropNoBackend].Add(1)

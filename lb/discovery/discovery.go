@@ -21,19 +21,24 @@ import (
 const DefaultInterval = 500 * time.Millisecond
 
 // Backends maps members to backends: the member's announced backend
-// address, with its port replaced by port when port is not 0; draining
-// members drain. Members without a usable address are skipped.
-func Backends(ms []store.Member, port uint16) []balancer.Backend {
+// address (its CoAPS address when dtls), with its port replaced by port when
+// port is not 0, and its node id; draining members drain. Members without a
+// usable address are skipped.
+func Backends(ms []store.Member, port uint16, dtls bool) []balancer.Backend {
 	var out []balancer.Backend
 	for _, m := range ms {
-		ap, err := netip.ParseAddrPort(m.Backend)
+		addr := m.Backend
+		if dtls {
+			addr = m.CoAPS
+		}
+		ap, err := netip.ParseAddrPort(addr)
 		if err != nil || ap.Addr().IsUnspecified() {
 			continue
 		}
 		if port != 0 {
 			ap = netip.AddrPortFrom(ap.Addr(), port)
 		}
-		out = append(out, balancer.Backend{Addr: ap, Draining: m.State == store.StateDraining})
+		out = append(out, balancer.Backend{Addr: ap, Draining: m.State == store.StateDraining, NodeID: m.NodeID})
 	}
 	slices.SortFunc(out, func(a, b balancer.Backend) int { return a.Addr.Compare(b.Addr) })
 	return out
@@ -67,7 +72,7 @@ func Watch(ctx context.Context, src store.Membership, interval time.Duration, lo
 			// Seen changes on every heartbeat; compare what matters.
 			key := ""
 			for _, m := range ms {
-				key += fmt.Sprintf("%s|%s|%s;", m.ID, m.Backend, m.State)
+				key += fmt.Sprintf("%s|%s|%s|%s|%d;", m.ID, m.Backend, m.CoAPS, m.State, m.NodeID)
 			}
 			if key != last || first {
 				last, first = key, false

@@ -17,12 +17,16 @@ func TestBackends(t *testing.T) {
 		{ID: "a", Backend: "10.0.0.1:5683", State: store.StateActive},
 		{ID: "c", Backend: "[::]:5683"},
 		{ID: "d", Backend: ""},
-	}, 0)
+	}, 0, false)
 	if len(bs) != 2 || bs[0].Addr.String() != "10.0.0.1:5683" || bs[0].Draining || !bs[1].Draining {
 		t.Fatalf("Backends = %+v", bs)
 	}
-	if bs := Backends([]store.Member{{Backend: "10.0.0.1:1"}}, 5684); bs[0].Addr.Port() != 5684 {
+	if bs := Backends([]store.Member{{Backend: "10.0.0.1:1"}}, 5684, false); bs[0].Addr.Port() != 5684 {
 		t.Fatalf("port override: %+v", bs)
+	}
+	bs = Backends([]store.Member{{Backend: "10.0.0.1:5683", CoAPS: "10.0.0.1:5684", NodeID: 7}, {Backend: "10.0.0.2:5683"}}, 0, true)
+	if len(bs) != 1 || bs[0].Addr.Port() != 5684 || bs[0].NodeID != 7 {
+		t.Fatalf("dtls backends: %+v", bs)
 	}
 }
 
