@@ -135,7 +135,25 @@ type lwm2mServer struct {
 	*proc
 	id    string
 	coap  string
+	coaps string
 	admin string
+}
+
+// httpGet returns the body of a 200 answer.
+func httpGet(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return b, nil
 }
 
 func startServer(t *testing.T, id, redisURL string, extra ...string) *lwm2mServer {

@@ -15,6 +15,14 @@
 // pings (the balancer's health checks) are answered with a LOCAL reset at
 // once, without opening a session. Anything else is dropped and counted.
 //
+// For DTLS (Config.CIDLen > 0), a Conn is also a net.PacketConn for pion:
+// ReadFrom reports each datagram's own source, and a datagram whose first
+// record carries a Connection ID (RFC 9146, content type 25) is delivered
+// to the session that issued that CID whatever its source. When pion, having
+// authenticated such a record, writes to the new source, the session moves
+// to that address (the peer-address update of RFC 9146 section 6). The CIDs
+// a session issued are learnt from its outgoing ServerHello.
+//
 // Queues are bounded: when a session's queue or the accept queue is full, or
 // the session limit is reached, datagrams are dropped and counted, never
 // buffered without limit.
@@ -52,6 +60,9 @@ type Config struct {
 	// Trusted are the sources allowed to send PROXY headers (the
 	// balancers). Required with ProxyProtocol.
 	Trusted []netip.Prefix
+	// CIDLen is the length of the DTLS Connection IDs the sessions issue;
+	// 0 disables routing by CID.
+	CIDLen int
 }
 
 func (c *Config) setDefaults() {
@@ -80,6 +91,10 @@ type Stats struct {
 	DroppedUntrusted uint64 // dropped: source not a trusted balancer
 	DroppedHeader    uint64 // dropped: missing or invalid PROXY v2 header
 	HealthPings      uint64 // LOCAL pings answered
+	// DTLS only.
+	CIDRouted  uint64 // datagrams delivered by Connection ID
+	CIDUnknown uint64 // CID records for no known session (delivered by address)
+	Migrations uint64 // sessions that moved to a new peer address
 }
 
 // Listener is a demultiplexing UDP listener.
@@ -92,6 +107,7 @@ type Listener struct {
 
 	mu       sync.Mutex
 	sessions map[netip.AddrPort]*Conn
+	byCID    map[string]*Conn
 	closed   bool
 
 	received, sent                               atomic.Uint64
@@ -99,7 +115,9 @@ type Listener struct {
 	readErrors, writeErrors                      atomic.Uint64
 	droppedUntrusted, droppedHeader              atomic.Uint64
 	healthPings                                  atomic.Uint64
-	open                                         atomic.Int64
+	cidRouted, cidUnknown, migrations            atomic.Uint64
+
+	open atomic.Int64
 	// lastVia is the balancer that sent the latest PROXY datagram, the
 	// route for sessions the server opens itself (Dial).
 	lastVia atomic.Pointer[via]
@@ -138,8 +156,10 @@ func New(pc *net.UDPConn, cfg Config) (*Listener, error) {
 		accept:   make(chan *Conn, cfg.AcceptQueueLen),
 		done:     make(chan struct{}),
 		sessions: map[netip.AddrPort]*Conn{},
+		byCID:    map[string]*Conn{},
 	}
 	l.bufs.New = func() any { b := make([]byte, 0, maxDatagram); return &b }
+
 	l.wg.Add(1)
 	go l.readLoop()
 	return l, nil
@@ -157,6 +177,7 @@ func (l *Listener) Stats() Stats {
 		ReadErrors:      l.readErrors.Load(), WriteErrors: l.writeErrors.Load(),
 		DroppedUntrusted: l.droppedUntrusted.Load(), DroppedHeader: l.droppedHeader.Load(),
 		HealthPings: l.healthPings.Load(),
+		CIDRouted:   l.cidRouted.Load(), CIDUnknown: l.cidUnknown.Load(), Migrations: l.migrations.Load(),
 	}
 }
 
@@ -235,7 +256,21 @@ func (l *Listener) unwrap(from netip.AddrPort, b []byte) {
 // deliver queues a datagram to its peer's session, opening one if needed.
 // v is the balancer route of a PROXY-mode datagram.
 func (l *Listener) deliver(from netip.AddrPort, p []byte, v *via) {
-	c, isNew := l.session(from)
+	var c *Conn
+	isNew := false
+	if cid, ok := l.cid(p); ok {
+		l.mu.Lock()
+		c = l.byCID[string(cid)]
+		l.mu.Unlock()
+		if c != nil {
+			l.cidRouted.Add(1)
+		} else {
+			l.cidUnknown.Add(1)
+		}
+	}
+	if c == nil {
+		c, isNew = l.session(from)
+	}
 	if c == nil {
 		return
 	}
@@ -247,7 +282,7 @@ func (l *Listener) deliver(from netip.AddrPort, p []byte, v *via) {
 		}
 	}
 	select {
-	case c.in <- p:
+	case c.in <- packet{b: p, from: from}:
 	default:
 		l.droppedQueue.Add(1)
 	}
@@ -281,7 +316,7 @@ func (l *Listener) session(peer netip.AddrPort) (c *Conn, isNew bool) {
 		l:      l,
 		peer:   peer,
 		raddr:  net.UDPAddrFromAddrPort(peer),
-		in:     make(chan []byte, l.cfg.QueueLen),
+		in:     make(chan packet, l.cfg.QueueLen),
 		closed: make(chan struct{}),
 	}
 	c.rd.init()
@@ -361,9 +396,62 @@ func (l *Listener) Close() error {
 func (l *Listener) forget(c *Conn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.sessions[c.peer] == c {
-		delete(l.sessions, c.peer)
-		l.open.Add(-1)
+	if l.sessions[c.Peer()] == c {
+		delete(l.sessions, c.Peer())
+	}
+	for _, id := range c.cids {
+		if l.byCID[id] == c {
+			delete(l.byCID, id)
+		}
+	}
+	l.open.Add(-1)
+}
+
+// cid returns the Connection ID of a datagram whose first record is a
+// tls12_cid record.
+func (l *Listener) cid(p []byte) ([]byte, bool) {
+	n := l.cfg.CIDLen
+	if n == 0 || len(p) < 11+n+2 || p[0] != 25 || p[1] != 0xfe {
+		return nil, false
+	}
+	return p[11 : 11+n], true
+}
+
+// learnCID records the CID a session issued in its ServerHello.
+func (l *Listener) learnCID(c *Conn, p []byte) {
+	id, ok := serverHelloCID(p)
+	if !ok || len(id) != l.cfg.CIDLen {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c.isClosed() {
+		return
+	}
+	l.byCID[string(id)] = c
+	c.cids = append(c.cids, string(id))
+}
+
+// migrate moves a session to a new peer address.
+func (l *Listener) migrate(c *Conn, to netip.AddrPort) {
+	l.mu.Lock()
+	old := c.Peer()
+	if old == to || c.isClosed() {
+		l.mu.Unlock()
+		return
+	}
+	if l.sessions[old] == c {
+		delete(l.sessions, old)
+	}
+	stale := l.sessions[to]
+	l.sessions[to] = c
+	c.setPeer(to)
+	l.mu.Unlock()
+	l.migrations.Add(1)
+	if stale != nil && stale != c {
+		// Another session held that address: the device behind it is gone
+		// (the NAT gave its port to this one).
+		stale.closeQuiet()
 	}
 }
 
@@ -381,37 +469,104 @@ func (l *Listener) write(p []byte, to netip.AddrPort) (int, error) {
 // bytes of a datagram larger than the buffer are discarded, as with UDP).
 type Conn struct {
 	l      *Listener
+	pmu    sync.Mutex
 	peer   netip.AddrPort
 	raddr  *net.UDPAddr
-	in     chan []byte
+	cids   []string // guarded by l.mu
+	in     chan packet
 	closed chan struct{}
 	once   sync.Once
 	rd     deadline
 	via    atomic.Pointer[via] // PROXY mode
 }
 
-var _ net.Conn = (*Conn)(nil)
+// packet is a queued datagram and its source.
+type packet struct {
+	b    []byte
+	from netip.AddrPort
+}
+
+var (
+	_ net.Conn       = (*Conn)(nil)
+	_ net.PacketConn = (*Conn)(nil)
+)
 
 // Peer returns the peer's address.
-func (c *Conn) Peer() netip.AddrPort { return c.peer }
+func (c *Conn) Peer() netip.AddrPort {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.peer
+}
+
+func (c *Conn) setPeer(a netip.AddrPort) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	c.peer, c.raddr = a, net.UDPAddrFromAddrPort(a)
+}
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
 
 // Read implements net.Conn.
 func (c *Conn) Read(b []byte) (int, error) {
+	n, _, err := c.readPacket(b)
+	return n, err
+}
+
+// ReadFrom implements net.PacketConn: one datagram and its own source,
+// which differs from the session's peer when a CID record arrives from a
+// new address.
+func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, from, err := c.readPacket(b)
+	if err != nil {
+		return 0, nil, err
+	}
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if from == c.peer {
+		return n, c.raddr, nil
+	}
+	return n, net.UDPAddrFromAddrPort(from), nil
+}
+
+func (c *Conn) readPacket(b []byte) (int, netip.AddrPort, error) {
 	select {
 	case <-c.closed:
-		return 0, ErrClosed
+		return 0, netip.AddrPort{}, ErrClosed
 	case <-c.rd.wait():
-		return 0, os.ErrDeadlineExceeded
+		return 0, netip.AddrPort{}, os.ErrDeadlineExceeded
 	default:
 	}
 	select {
 	case p := <-c.in:
-		return copy(b, p), nil
+		return copy(b, p.b), p.from, nil
 	case <-c.closed:
-		return 0, ErrClosed
+		return 0, netip.AddrPort{}, ErrClosed
 	case <-c.rd.wait():
-		return 0, os.ErrDeadlineExceeded
+		return 0, netip.AddrPort{}, os.ErrDeadlineExceeded
 	}
+}
+
+// WriteTo implements net.PacketConn. Writing to an address other than the
+// session's peer moves the session there: pion does that only after it
+// authenticated a CID record from that address.
+func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return 0, fmt.Errorf("dgram: WriteTo %T: not a UDP address", addr)
+	}
+	to := ua.AddrPort()
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	if to != c.Peer() {
+		c.l.migrate(c, to)
+	}
+	return c.Write(b)
 }
 
 // Write implements net.Conn: one datagram to the peer.
@@ -421,16 +576,20 @@ func (c *Conn) Write(b []byte) (int, error) {
 		return 0, ErrClosed
 	default:
 	}
+	if c.l.cfg.CIDLen > 0 && len(b) > 13 && b[0] == 22 {
+		c.l.learnCID(c, b)
+	}
+	peer := c.Peer()
 	if !c.l.cfg.ProxyProtocol {
-		return c.l.write(b, c.peer)
+		return c.l.write(b, peer)
 	}
 	v := c.via.Load()
 	if v == nil {
 		c.l.writeErrors.Add(1)
-		return 0, fmt.Errorf("dgram: no balancer route to %s yet", c.peer)
+		return 0, fmt.Errorf("dgram: no balancer route to %s yet", peer)
 	}
 	bp := c.l.bufs.Get().(*[]byte)
-	out := proxyv2.AppendHeader((*bp)[:0], proxyv2.Proxy, v.vip, c.peer)
+	out := proxyv2.AppendHeader((*bp)[:0], proxyv2.Proxy, v.vip, peer)
 	out = append(out, b...)
 	_, err := c.l.write(out, v.lb)
 	*bp = out
@@ -443,11 +602,15 @@ func (c *Conn) Write(b []byte) (int, error) {
 
 // Close implements net.Conn: the listener forgets the peer.
 func (c *Conn) Close() error {
+	c.closeQuiet()
+	return nil
+}
+
+func (c *Conn) closeQuiet() {
 	c.once.Do(func() {
 		close(c.closed)
 		c.l.forget(c)
 	})
-	return nil
 }
 
 // LocalAddr implements net.Conn: the socket's address, or in PROXY mode
@@ -460,7 +623,11 @@ func (c *Conn) LocalAddr() net.Addr {
 }
 
 // RemoteAddr implements net.Conn.
-func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+func (c *Conn) RemoteAddr() net.Addr {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.raddr
+}
 
 // SetDeadline implements net.Conn (writes never block, so only the read
 // deadline matters).

@@ -21,6 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/lwm2mcluster/lwm2m/backend/dgram"
+	"github.com/lwm2mcluster/lwm2m/backend/dtlssession"
+	"github.com/lwm2mcluster/lwm2m/backend/secure"
+	"github.com/lwm2mcluster/lwm2m/backend/securityapi"
 	"github.com/lwm2mcluster/lwm2m/backend/server"
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/backend/store/memstore"
@@ -35,8 +38,20 @@ import (
 type Options struct {
 	// CoAPAddr is the plain CoAP listen address; empty disables it.
 	CoAPAddr string
-	// CoAPSAddr is reserved for CoAP over DTLS; it must be empty for now.
+	// CoAPSAddr is the CoAP-over-DTLS (PSK) listen address; empty disables it.
 	CoAPSAddr string
+	// NodeID is the instance's DTLS Connection ID prefix; 0 allocates one
+	// in the shared store.
+	NodeID uint16
+	// CIDLen is the Connection ID length (secure.DefaultCIDLen when 0).
+	CIDLen int
+	// SessionTTL keeps DTLS sessions resumable this long (default 24h).
+	SessionTTL time.Duration
+	// HandshakeTimeout bounds a DTLS handshake (default 30s).
+	HandshakeTimeout time.Duration
+	// AdvertiseDTLS is the CoAPS address announced to balancers (default:
+	// derived from CoAPSAddr).
+	AdvertiseDTLS string
 	// RedisURL selects the Redis store and bus; empty means in-memory.
 	RedisURL string
 	// KeyPrefix prefixes every Redis key.
@@ -75,6 +90,7 @@ type Instance struct {
 	bus      northbound.Bus
 	closers  []func() error
 	coap     *dgram.Listener
+	coaps    *dgram.Listener
 	admin    *admin.Server
 	announce *membership.Announcer
 	cancel   context.CancelFunc
@@ -88,9 +104,6 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
-	}
-	if o.CoAPSAddr != "" {
-		return nil, errors.New("--coaps: CoAP over DTLS is not available in this version; leave it empty")
 	}
 	if o.InstanceID == "" {
 		h, err := os.Hostname()
@@ -152,7 +165,7 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 			return nil, fmt.Errorf("--coap: %w", err)
 		}
 		in.coap = l
-		registerDgramMetrics(reg, l)
+		registerDgramMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"listener": "coap"}, reg), l)
 		in.log.Info("CoAP listening", "addr", l.Addr().String(), "proxyProtocol", o.ProxyProtocol)
 		in.wg.Add(1)
 		go func() {
@@ -161,6 +174,51 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 				in.errc <- err
 			}
 		}()
+	}
+
+	member := store.Member{ID: o.InstanceID, Admin: o.AdminAddr}
+	if o.CoAPSAddr != "" {
+		nodeID, err := in.nodeID(ctx, o)
+		if err != nil {
+			cancel()
+			in.wg.Wait()
+			return nil, err
+		}
+		layer, err := secure.New(secure.Config{
+			Keys: func(ctx context.Context, identity string) ([]byte, error) {
+				info, err := in.store.SecurityByIdentity(ctx, identity)
+				return info.Key, err
+			},
+			NodeID: nodeID, CIDLen: o.CIDLen, HandshakeTimeout: o.HandshakeTimeout,
+			Sessions: dtlssession.New(in.store, dtlssession.Options{TTL: o.SessionTTL}),
+			Logger:   in.log, Registerer: reg,
+		})
+		if err != nil {
+			cancel()
+			in.wg.Wait()
+			return nil, err
+		}
+		l, err := dgram.Listen(o.CoAPSAddr, dgram.Config{ProxyProtocol: o.ProxyProtocol, Trusted: o.TrustedProxies, CIDLen: layer.CIDLen()})
+		if err != nil {
+			cancel()
+			in.wg.Wait()
+			return nil, fmt.Errorf("--coaps: %w", err)
+		}
+		in.coaps = l
+		registerDgramMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"listener": "coaps"}, reg), l)
+		in.log.Info("CoAP over DTLS listening", "addr", l.Addr().String(), "nodeId", nodeID, "proxyProtocol", o.ProxyProtocol)
+		in.wg.Add(1)
+		go func() {
+			defer in.wg.Done()
+			if err := srv.ServeCoAP(runCtx, layer.Listener(l)); err != nil {
+				in.errc <- err
+			}
+		}()
+		member.NodeID = nodeID
+		member.CoAPS = o.AdvertiseDTLS
+		if member.CoAPS == "" {
+			member.CoAPS = advertiseAddr(l.Addr().(*net.UDPAddr).AddrPort())
+		}
 	}
 
 	in.wg.Add(1)
@@ -173,9 +231,8 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 			in.log.Info("announcing a concrete backend address for the wildcard listener (set --advertise to choose)", "advertise", advertise)
 		}
 	}
-	in.announce = membership.New(in.store, store.Member{
-		ID: o.InstanceID, CoAP: addrString(in.coap), Backend: advertise, Admin: o.AdminAddr,
-	}, o.Heartbeat, o.MemberTTL, in.log)
+	member.CoAP, member.Backend = addrString(in.coap), advertise
+	in.announce = membership.New(in.store, member, o.Heartbeat, o.MemberTTL, in.log)
 	in.wg.Add(1)
 	go func() { defer in.wg.Done(); in.announce.Run(runCtx) }()
 
@@ -195,6 +252,8 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 					in.SetDraining(false)
 					return in.announce.Member(), nil
 				}),
+				"/security":  securityapi.Handler(in.store),
+				"/security/": securityapi.Handler(in.store),
 			},
 		})
 		if err != nil {
@@ -229,6 +288,29 @@ func addrString(l *dgram.Listener) string {
 		return ""
 	}
 	return l.Addr().String()
+}
+
+// nodeID claims the configured node id or allocates one.
+func (in *Instance) nodeID(ctx context.Context, o Options) (uint16, error) {
+	if o.NodeID != 0 {
+		if err := in.store.ClaimNodeID(ctx, o.InstanceID, o.NodeID); err != nil {
+			return 0, fmt.Errorf("--node-id %d: %w", o.NodeID, err)
+		}
+		return o.NodeID, nil
+	}
+	id, err := in.store.AllocateNodeID(ctx, o.InstanceID)
+	if err != nil {
+		return 0, fmt.Errorf("node id allocation: %w", err)
+	}
+	return id, nil
+}
+
+// CoAPSAddr returns the bound CoAPS address, or nil.
+func (in *Instance) CoAPSAddr() *net.UDPAddr {
+	if in.coaps == nil {
+		return nil
+	}
+	return in.coaps.Addr().(*net.UDPAddr)
 }
 
 // CoAPAddr returns the bound CoAP address, or nil.
@@ -297,6 +379,8 @@ func registerDgramMetrics(reg prometheus.Registerer, l *dgram.Listener) {
 		counter("lwm2m_udp_dropped_sessions_total", "Datagrams dropped: session limit reached.", func(s dgram.Stats) uint64 { return s.DroppedSessions }),
 		counter("lwm2m_udp_dropped_untrusted_total", "Datagrams dropped in PROXY mode: source is not a trusted balancer.", func(s dgram.Stats) uint64 { return s.DroppedUntrusted }),
 		counter("lwm2m_udp_dropped_header_total", "Datagrams dropped in PROXY mode: missing or invalid PROXY v2 header.", func(s dgram.Stats) uint64 { return s.DroppedHeader }),
+		counter("lwm2m_dtls_cid_routed_total", "DTLS datagrams delivered to their session by Connection ID.", func(s dgram.Stats) uint64 { return s.CIDRouted }),
+		counter("lwm2m_dtls_peer_migrations_total", "DTLS sessions that moved to a new peer address (RFC 9146 peer address update).", func(s dgram.Stats) uint64 { return s.Migrations }),
 		counter("lwm2m_udp_health_pings_total", "Balancer health-check pings (PROXY LOCAL) answered.", func(s dgram.Stats) uint64 { return s.HealthPings }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lwm2m_sessions", Help: "Open CoAP sessions (one per device address)."},
 			func() float64 { return float64(l.Stats().Sessions) }),

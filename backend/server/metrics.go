@@ -9,6 +9,7 @@ type metrics struct {
 	registrations  *prometheus.CounterVec // by op
 	responses      *prometheus.CounterVec // by CoAP code
 	publishErrors  prometheus.Counter
+	refused        *prometheus.CounterVec // by reason
 	storeErrors    prometheus.Counter
 	sweepDuration  prometheus.Histogram
 	handleDuration *prometheus.HistogramVec
@@ -28,6 +29,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lwm2m_northbound_publish_errors_total",
 			Help: "Northbound events that could not be published.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lwm2m_registrations_refused_total",
+			Help: "Registration interface requests refused for security reasons (4.03), by reason.",
+		}, []string{"reason"}),
 		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lwm2m_store_errors_total",
 			Help: "Shared-store operations that failed.",
@@ -44,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"op"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.registrations, m.responses, m.publishErrors, m.storeErrors, m.sweepDuration, m.handleDuration)
+		reg.MustRegister(m.registrations, m.responses, m.refused, m.publishErrors, m.storeErrors, m.sweepDuration, m.handleDuration)
 	}
 	return m
 }

@@ -133,6 +133,13 @@ func (s *Server) register(w *responseWriter, r *pool.Message) (codes.Code, strin
 	if err != nil {
 		return badRequest(err)
 	}
+	identity, secure := pskIdentity(w)
+	actx, acancel := s.storeCtx(r)
+	code, diag = s.authorize(actx, params.Endpoint, identity, secure)
+	acancel()
+	if code != 0 {
+		return code, diag
+	}
 	now := s.now()
 	from, to := peer(w), local(w)
 	reg := &registration.Registration{
@@ -141,6 +148,7 @@ func (s *Server) register(w *responseWriter, r *pool.Message) (codes.Code, strin
 		Lifetime: params.Lifetime, Version: params.Version, Binding: params.Binding,
 		SMS: params.SMS, Queue: params.Queue, Endpoint: params.Endpoint, ID: registration.NewID(),
 		ObjLinks: links, AddAttr: params.AddAttr, Root: root, LastUp: now.UnixMilli(),
+		Secure: secure,
 	}
 	if reg.AddAttr == nil {
 		reg.AddAttr = map[string]string{}
@@ -194,16 +202,19 @@ func (s *Server) update(w *responseWriter, r *pool.Message, id string) (codes.Co
 	}
 	ctx, cancel := s.storeCtx(r)
 	defer cancel()
+	cur, err := s.cfg.Store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return codes.NotFound, "no such registration"
+	}
+	if err != nil {
+		s.m.storeErrors.Inc()
+		return codes.ServiceUnavailable, "registration store unavailable"
+	}
+	if code, diag := s.authorizeExisting(ctx, w, cur); code != 0 {
+		return code, diag
+	}
 	if len(bytes.TrimSpace(payload)) > 0 {
 		// Links are checked under the device's root path (alternate path).
-		cur, err := s.cfg.Store.Get(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			return codes.NotFound, "no such registration"
-		}
-		if err != nil {
-			s.m.storeErrors.Inc()
-			return codes.ServiceUnavailable, "registration store unavailable"
-		}
 		links, _, err := registration.ObjectLinksUnder(payload, cur.Root)
 		if err != nil {
 			return badRequest(err)
@@ -236,6 +247,17 @@ func (s *Server) deregister(w *responseWriter, id string) (codes.Code, string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	defer cancel()
+	cur, err := s.cfg.Store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return codes.NotFound, "no such registration"
+	}
+	if err != nil {
+		s.m.storeErrors.Inc()
+		return codes.ServiceUnavailable, "registration store unavailable"
+	}
+	if code, diag := s.authorizeExisting(ctx, w, cur); code != 0 {
+		return code, diag
+	}
 	old, err := s.cfg.Store.Remove(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return codes.NotFound, "no such registration"
@@ -250,6 +272,60 @@ func (s *Server) deregister(w *responseWriter, id string) (codes.Code, string) {
 	s.publish(ctx, northbound.ChannelRegDel, s.withInstance(old))
 	_ = w.SetResponse(codes.Deleted, message.TextPlain, nil)
 	return codes.Deleted, ""
+}
+
+// pskIdentity returns the PSK identity of a DTLS session (secure.Conn).
+func pskIdentity(w *responseWriter) (string, bool) {
+	if c, ok := w.Conn().NetConn().(interface{ PSKIdentity() (string, bool) }); ok {
+		return c.PSKIdentity()
+	}
+	return "", false
+}
+
+// authorize checks that a device may register as endpoint ep: over DTLS
+// the PSK identity must be bound to ep; over plain CoAP ep must have no
+// security info.
+func (s *Server) authorize(ctx context.Context, ep, identity string, secure bool) (codes.Code, string) {
+	if secure {
+		info, err := s.cfg.Store.SecurityByIdentity(ctx, identity)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return codes.Forbidden, "PSK identity no longer provisioned"
+		case err != nil:
+			s.m.storeErrors.Inc()
+			return codes.ServiceUnavailable, "security store unavailable"
+		case info.Endpoint != ep:
+			s.m.refused.WithLabelValues("identity_endpoint_mismatch").Inc()
+			s.log.Warn("registration refused: PSK identity bound to another endpoint", "identity", identity, "ep", ep)
+			return codes.Forbidden, "PSK identity is bound to another endpoint"
+		}
+		return 0, ""
+	}
+	_, err := s.cfg.Store.SecurityByEndpoint(ctx, ep)
+	switch {
+	case err == nil:
+		s.m.refused.WithLabelValues("dtls_required").Inc()
+		s.log.Warn("registration refused: endpoint has security info, plain CoAP not allowed", "ep", ep)
+		return codes.Forbidden, "this endpoint must use DTLS"
+	case !errors.Is(err, store.ErrNotFound):
+		s.m.storeErrors.Inc()
+		return codes.ServiceUnavailable, "security store unavailable"
+	}
+	return 0, ""
+}
+
+// authorizeExisting checks that a request about registration cur comes
+// over the same kind of transport, and over DTLS from its identity.
+func (s *Server) authorizeExisting(ctx context.Context, w *responseWriter, cur *registration.Registration) (codes.Code, string) {
+	identity, secure := pskIdentity(w)
+	if secure != cur.Secure {
+		s.m.refused.WithLabelValues("transport_mismatch").Inc()
+		return codes.Forbidden, "registration belongs to another transport"
+	}
+	if !secure {
+		return 0, ""
+	}
+	return s.authorize(ctx, cur.Endpoint, identity, true)
 }
 
 func (s *Server) withInstance(r *registration.Registration) *registration.Registration {

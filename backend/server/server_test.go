@@ -18,6 +18,7 @@ import (
 
 	"github.com/lwm2mcluster/lwm2m/backend/dgram"
 	"github.com/lwm2mcluster/lwm2m/backend/registration"
+	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/backend/store/memstore"
 	"github.com/lwm2mcluster/lwm2m/routing/northbound"
 )
@@ -298,4 +299,22 @@ func TestAlternatePathUpdate(t *testing.T) {
 	if resp := post(t, cc, loc, message.AppLinkFormat, "</3/0>"); resp.Code() != codes.BadRequest {
 		t.Fatalf("update outside the alternate path: %v, want 4.00", resp.Code())
 	}
+}
+
+// TestPlainCoAPRefusedForSecuredEndpoint: an endpoint with security info
+// may not register over plain CoAP (4.03); others may.
+func TestPlainCoAPRefusedForSecuredEndpoint(t *testing.T) {
+	f := start(t, Config{})
+	if err := f.store.PutSecurity(context.Background(), store.SecurityInfo{Endpoint: "secured", Identity: "id", Key: []byte("k")}); err != nil {
+		t.Fatal(err)
+	}
+	cc := f.dial(t)
+	if resp := post(t, cc, "/rd", message.AppLinkFormat, links, "ep=secured"); resp.Code() != codes.Forbidden {
+		t.Fatalf("plain registration of a secured endpoint: %v, want 4.03", resp.Code())
+	}
+	f.noEvent(t)
+	if got := testutil.ToFloat64(f.srv.m.refused.WithLabelValues("dtls_required")); got != 1 {
+		t.Fatalf("refused counter = %v", got)
+	}
+	register(t, f, cc, "open")
 }

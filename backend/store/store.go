@@ -1,11 +1,11 @@
 // Package store defines the cluster's shared, long-lived state as small
-// interfaces: registrations, device ownership and instance membership.
+// interfaces: registrations, device ownership, instance membership, DTLS-PSK
+// security info, DTLS node ids and DTLS session resumption state.
 //
 // Each interface has two implementations that pass one conformance suite
 // (package storetest): an in-memory one for a single instance and tests
 // (package memstore) and a Redis one shared by every instance of a cluster
-// (package redisstore). Security info, observations and DTLS sessions join
-// here as further interfaces.
+// (package redisstore). Observations join here as a further interface.
 package store
 
 import (
@@ -17,7 +17,8 @@ import (
 	"github.com/lwm2mcluster/lwm2m/backend/registration"
 )
 
-// ErrNotFound is returned when a registration does not exist.
+// ErrNotFound is returned when a registration, security entry or DTLS
+// session does not exist.
 var ErrNotFound = errors.New("not found")
 
 // DefaultGrace is added to a registration's lifetime before it expires, so
@@ -100,6 +101,9 @@ type Store interface {
 	Registrations
 	Ownership
 	Membership
+	Security
+	NodeIDs
+	DTLSSessions
 	// Ping checks that the store can be reached.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lwm2mcluster/lwm2m/backend/instance"
+	"github.com/lwm2mcluster/lwm2m/backend/secure"
 	"github.com/lwm2mcluster/lwm2m/backend/server"
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
@@ -41,7 +42,13 @@ func run(args []string) error {
 	var o instance.Options
 	var logf cli.LogFlags
 	fs.StringVar(&o.CoAPAddr, "coap", ":5683", "plain CoAP listen address (empty disables)")
-	fs.StringVar(&o.CoAPSAddr, "coaps", "", "CoAP over DTLS listen address (not available yet; must be empty)")
+	fs.StringVar(&o.CoAPSAddr, "coaps", "", "CoAP over DTLS (PSK) listen address, e.g. :5684 (empty disables)")
+	var nodeID uint
+	fs.UintVar(&nodeID, "node-id", 0, "DTLS Connection ID prefix of this instance, 1-65535 (0: allocated in the shared store)")
+	fs.IntVar(&o.CIDLen, "cid-len", secure.DefaultCIDLen, "DTLS Connection ID length in bytes (node id + random)")
+	fs.DurationVar(&o.SessionTTL, "dtls-session-ttl", 24*time.Hour, "how long a DTLS session stays resumable in the shared store")
+	fs.DurationVar(&o.HandshakeTimeout, "dtls-handshake-timeout", 30*time.Second, "give up a DTLS handshake after this long (a wrong PSK shows up as a timeout: the peer's Finished cannot be decrypted)")
+	fs.StringVar(&o.AdvertiseDTLS, "advertise-dtls", "", "CoAPS address announced to balancers (default: the --coaps address)")
 	fs.StringVar(&o.RedisURL, "redis", "", "Redis URL (redis://[user:pass@]host:port/db); empty keeps state in memory, single instance")
 	fs.StringVar(&o.KeyPrefix, "key-prefix", redisstore.DefaultPrefix, "prefix of every Redis key")
 	fs.StringVar(&o.InstanceID, "instance-id", "", "instance id in ownership records and events (default: host name)")
@@ -73,6 +80,10 @@ func run(args []string) error {
 		}
 		return err
 	}
+	if nodeID > 65535 {
+		return fmt.Errorf("--node-id %d out of range 1-65535", nodeID)
+	}
+	o.NodeID = uint16(nodeID)
 	if o.ProxyProtocol && len(o.TrustedProxies) == 0 {
 		return fmt.Errorf("--proxy-protocol needs at least one --trusted-proxy")
 	}

@@ -23,6 +23,18 @@ type Store struct {
 	byAddr  map[netip.AddrPort]string
 	owners  map[string]string
 	members map[string]memberEntry
+
+	secByEP    map[string]store.SecurityInfo
+	secByID    map[string]string // identity -> ep
+	nodeByInst map[string]uint16
+	instByNode map[uint16]string
+	dtls       map[string]dtlsEntry
+	dtlsPuts   int // puts since the last sweep of expired sessions
+}
+
+type dtlsEntry struct {
+	data    []byte
+	expires time.Time
 }
 
 type memberEntry struct {
@@ -42,6 +54,12 @@ func New(grace time.Duration) *Store {
 		byAddr:  map[netip.AddrPort]string{},
 		owners:  map[string]string{},
 		members: map[string]memberEntry{},
+
+		secByEP:    map[string]store.SecurityInfo{},
+		secByID:    map[string]string{},
+		nodeByInst: map[string]uint16{},
+		instByNode: map[uint16]string{},
+		dtls:       map[string]dtlsEntry{},
 	}
 }
 

@@ -47,6 +47,15 @@ func TestKeySchema(t *testing.T) {
 	if err := s.Announce(ctx, store.Member{ID: "inst", State: store.StateActive}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.PutSecurity(ctx, store.SecurityInfo{Endpoint: "ep1", Identity: "psk1", Key: []byte{0xab, 0xcd}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AllocateNodeID(ctx, "inst"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDTLSSession(ctx, []byte{0x01, 0xfe}, []byte("state"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	c := srv.Client(t)
 	keys, err := c.Keys(ctx, "*").Result()
 	if err != nil {
@@ -60,6 +69,11 @@ func TestKeySchema(t *testing.T) {
 		"p:owner:ep1":               "string",
 		"p:member:inst":             "string",
 		"p:members":                 "zset",
+		"p:sec:ep:ep1":              "hash",
+		"p:sec:id:psk1":             "string",
+		"p:nodeid:inst:inst":        "string",
+		"p:nodeid:1":                "string",
+		"p:dtls:01fe":               "string",
 	}
 	if len(keys) != len(want) {
 		t.Errorf("keys = %v, want %d keys", keys, len(want))
@@ -74,6 +88,43 @@ func TestKeySchema(t *testing.T) {
 	}
 	if ttl := c.PTTL(ctx, "p:member:inst").Val(); ttl <= 0 {
 		t.Errorf("member key has no TTL (%v)", ttl)
+	}
+	if h := c.HGetAll(ctx, "p:sec:ep:ep1").Val(); len(h) != 2 || h["identity"] != "psk1" || h["key"] != "abcd" {
+		t.Errorf("security record = %v", h)
+	}
+	for k, v := range map[string]string{"p:sec:id:psk1": "ep1", "p:nodeid:inst:inst": "1", "p:nodeid:1": "inst", "p:dtls:01fe": "state"} {
+		if got := c.Get(ctx, k).Val(); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	if ttl := c.PTTL(ctx, "p:dtls:01fe").Val(); ttl <= 0 || ttl > time.Hour {
+		t.Errorf("DTLS session TTL = %v, want (0, 1h]", ttl)
+	}
+}
+
+// TestListSecurityPrefixGlob checks that ListSecurity stays inside its
+// prefix when the prefix holds glob characters.
+func TestListSecurityPrefixGlob(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	open := func(prefix string) *redisstore.Store {
+		s, err := redisstore.Open(ctx, srv.URL, redisstore.Options{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	glob, plain := open("a*[1]?:"), open("ab[1]x:")
+	if err := plain.PutSecurity(ctx, store.SecurityInfo{Endpoint: "other", Identity: "o", Key: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := glob.PutSecurity(ctx, store.SecurityInfo{Endpoint: "mine", Identity: "m", Key: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := glob.ListSecurity(ctx)
+	if err != nil || len(l) != 1 || l[0].Endpoint != "mine" {
+		t.Fatalf("ListSecurity = %v, %v; want only mine", l, err)
 	}
 }
 

@@ -38,6 +38,17 @@ func Run(t *testing.T, newStore Factory) {
 		{"List", testList},
 		{"Ownership", testOwnership},
 		{"Membership", testMembership},
+		{"SecurityPutGet", testSecurityPutGet},
+		{"SecurityReplace", testSecurityReplace},
+		{"SecurityIdentityUnique", testSecurityIdentityUnique},
+		{"SecurityConcurrentIdentity", testSecurityConcurrentIdentity},
+		{"SecurityRemove", testSecurityRemove},
+		{"SecurityList", testSecurityList},
+		{"NodeIDSticky", testNodeIDSticky},
+		{"NodeIDConcurrent", testNodeIDConcurrent},
+		{"NodeIDClaim", testNodeIDClaim},
+		{"DTLSSessions", testDTLSSessions},
+		{"DTLSSessionTTL", testDTLSSessionTTL},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore) })
