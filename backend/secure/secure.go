@@ -86,7 +86,7 @@ func New(cfg Config) (*Layer, error) {
 	if cfg.MaxPendingHandshakes <= 0 {
 		cfg.MaxPendingHandshakes = 4096
 	}
-	l := &Layer{pending: make(chan struct{}, cfg.MaxPendingHandshakes), cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer), tracker: &resumeTracker{hits: map[string]time.Time{}}}
+	l := &Layer{pending: make(chan struct{}, cfg.MaxPendingHandshakes), cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registerer), tracker: &resumeTracker{hits: map[string]resumeHit{}}}
 	var sessions dtls.SessionStore
 	if cfg.Sessions != nil {
 		sessions = &trackingStore{SessionStore: cfg.Sessions, t: l.tracker}
@@ -225,7 +225,15 @@ func (c *Conn) PSKIdentity() (string, bool) {
 // finished handshake can tell whether it resumed one.
 type resumeTracker struct {
 	mu   sync.Mutex
-	hits map[string]time.Time
+	hits map[string]resumeHit
+}
+
+// resumeHit counts the look-ups of one session id not yet matched to a
+// finished handshake (a session can be resumed by several handshakes at
+// once).
+type resumeHit struct {
+	n    int
+	last time.Time
 }
 
 func (t *resumeTracker) hit(id []byte) {
@@ -233,13 +241,14 @@ func (t *resumeTracker) hit(id []byte) {
 	defer t.mu.Unlock()
 	now := time.Now()
 	if len(t.hits) > 10000 {
-		for k, at := range t.hits {
-			if now.Sub(at) > time.Minute {
+		for k, h := range t.hits {
+			if now.Sub(h.last) > time.Minute {
 				delete(t.hits, k)
 			}
 		}
 	}
-	t.hits[string(id)] = now
+	h := t.hits[string(id)]
+	t.hits[string(id)] = resumeHit{n: h.n + 1, last: now}
 }
 
 func (t *resumeTracker) resumed(id []byte) bool {
@@ -248,9 +257,17 @@ func (t *resumeTracker) resumed(id []byte) bool {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, ok := t.hits[string(id)]
-	delete(t.hits, string(id))
-	return ok
+	h, ok := t.hits[string(id)]
+	if !ok {
+		return false
+	}
+	if h.n <= 1 {
+		delete(t.hits, string(id))
+	} else {
+		h.n--
+		t.hits[string(id)] = h
+	}
+	return true
 }
 
 // trackingStore notes successful session look-ups.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/lwm2mcluster/lwm2m/backend/dgram"
 )
@@ -189,4 +190,8 @@ func (s *sendOnly) ReadFrom(b []byte) (int, net.Addr, error) {
 			return 0, nil, err
 		}
 	}
+}
+
+func testutilCount(l *Layer, kind string) float64 {
+	return testutil.ToFloat64(l.m.handshakes.WithLabelValues(kind))
 }
