@@ -22,6 +22,7 @@ import (
 
 	"github.com/lwm2mcluster/lwm2m/backend/dgram"
 	"github.com/lwm2mcluster/lwm2m/backend/dtlssession"
+	"github.com/lwm2mcluster/lwm2m/backend/model"
 	"github.com/lwm2mcluster/lwm2m/backend/secure"
 	"github.com/lwm2mcluster/lwm2m/backend/securityapi"
 	"github.com/lwm2mcluster/lwm2m/backend/server"
@@ -29,6 +30,7 @@ import (
 	"github.com/lwm2mcluster/lwm2m/backend/store/memstore"
 	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
 	"github.com/lwm2mcluster/lwm2m/internal/admin"
+	"github.com/lwm2mcluster/lwm2m/routing/dispatch"
 	"github.com/lwm2mcluster/lwm2m/routing/membership"
 	"github.com/lwm2mcluster/lwm2m/routing/northbound"
 )
@@ -74,6 +76,9 @@ type Options struct {
 	MemberTTL     time.Duration
 	IdleTimeout   time.Duration
 	MaxPayload    int
+
+	// ModelsDir holds OMA DDF XML files of objects beyond the core ones.
+	ModelsDir string
 
 	Logger *slog.Logger
 	// Store and Bus, when set, are used instead of opening them (several
@@ -144,12 +149,20 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 		in.log.Warn("no --redis: state is in memory, this instance cannot share it with others (single-instance mode)")
 	}
 
+	objects := model.Default()
+	if o.ModelsDir != "" {
+		if err := objects.LoadDDFDir(o.ModelsDir); err != nil {
+			return nil, fmt.Errorf("--models: %w", err)
+		}
+		in.log.Info("object models loaded", "dir", o.ModelsDir)
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := server.New(server.Config{
 		InstanceID: o.InstanceID, Store: in.store, Events: in.bus, Logger: log,
 		Registerer: reg, MaxPayload: o.MaxPayload, SweepInterval: o.SweepInterval,
-		IdleTimeout: o.IdleTimeout,
+		IdleTimeout: o.IdleTimeout, Registry: objects,
 	})
 	if err != nil {
 		return nil, err
@@ -223,6 +236,24 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 
 	in.wg.Add(1)
 	go func() { defer in.wg.Done(); srv.RunSweeper(runCtx) }()
+
+	disp, err := dispatch.New(dispatch.Config{
+		InstanceID: o.InstanceID, Bus: in.bus, State: in.store, Exec: srv,
+		Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		cancel()
+		in.wg.Wait()
+		return nil, err
+	}
+	reqs, err := disp.Subscribe(ctx)
+	if err != nil {
+		cancel()
+		in.wg.Wait()
+		return nil, fmt.Errorf("northbound requests: %w", err)
+	}
+	in.wg.Add(1)
+	go func() { defer in.wg.Done(); disp.Serve(runCtx, reqs) }()
 
 	advertise := o.Advertise
 	if advertise == "" && in.coap != nil {

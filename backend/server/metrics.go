@@ -13,6 +13,7 @@ type metrics struct {
 	storeErrors    prometheus.Counter
 	sweepDuration  prometheus.Histogram
 	handleDuration *prometheus.HistogramVec
+	observations   *prometheus.CounterVec // by event
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,9 +48,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to handle a device request, by operation.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
 		}, []string{"op"}),
+		observations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lwm2m_observations_total",
+			Help: "Observation events on this instance, by event (start, notify, cancel, replaced, unknown-token, ended-by-device, ended-with-registration).",
+		}, []string{"event"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.registrations, m.responses, m.refused, m.publishErrors, m.storeErrors, m.sweepDuration, m.handleDuration)
+		reg.MustRegister(m.observations, m.registrations, m.responses, m.refused, m.publishErrors, m.storeErrors, m.sweepDuration, m.handleDuration)
 	}
 	return m
 }

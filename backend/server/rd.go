@@ -27,8 +27,14 @@ type responseWriter = responsewriter.ResponseWriter[*udpClient.Conn]
 // served here: POST /rd, POST /rd/{id}, DELETE /rd/{id}; anything else is
 // 4.04 Not Found.
 func (s *Server) handle(w *responseWriter, r *pool.Message) {
+	if c := r.Code(); c >= 64 && c < 192 {
+		// A response that matched no request of this session: an
+		// observe notification.
+		s.notification(w, r)
+		return
+	}
 	if c := r.Code(); c < codes.GET || c > 31 {
-		return // responses and signals are go-coap's business
+		return // signals are go-coap's business
 	}
 	path, _ := r.Options().Path()
 	path = strings.TrimSuffix(path, "/")
@@ -43,6 +49,9 @@ func (s *Server) handle(w *responseWriter, r *pool.Message) {
 	case strings.HasPrefix(path, "/rd/") && r.Code() == codes.POST:
 		op = "update"
 		code, diag = s.update(w, r, path[len("/rd/"):])
+	case path == "/dp" && r.Code() == codes.POST:
+		op = "send"
+		code, diag = s.send(w, r)
 	case strings.HasPrefix(path, "/rd/") && r.Code() == codes.DELETE:
 		op = "deregister"
 		code, diag = s.deregister(w, path[len("/rd/"):])
@@ -165,7 +174,9 @@ func (s *Server) register(w *responseWriter, r *pool.Message) (codes.Code, strin
 		s.m.storeErrors.Inc()
 		s.log.Warn("register: ownership not recorded", "ep", reg.Endpoint, "err", err)
 	}
+	s.sessions.set(reg.Endpoint, w.Conn())
 	if replaced != nil {
+		s.endObservations(replaced.ID)
 		s.m.registrations.WithLabelValues("replace").Inc()
 		s.log.Info("registration replaced", "ep", replaced.Endpoint, "oldRegId", replaced.ID)
 		s.publish(r.Context(), northbound.ChannelRegDel, s.withInstance(replaced))
@@ -234,6 +245,7 @@ func (s *Server) update(w *responseWriter, r *pool.Message, id string) (codes.Co
 		s.m.storeErrors.Inc()
 		s.log.Warn("update: ownership not recorded", "ep", updated.Endpoint, "err", err)
 	}
+	s.sessions.set(updated.Endpoint, w.Conn())
 	s.m.registrations.WithLabelValues("update").Inc()
 	s.log.Debug("registration updated", "ep", updated.Endpoint, "regId", id, "addr", from.String())
 	s.publish(r.Context(), northbound.ChannelRegUp, registration.UpdateEvent{Update: *u, Updated: *s.withInstance(updated)})
@@ -267,6 +279,7 @@ func (s *Server) deregister(w *responseWriter, id string) (codes.Code, string) {
 		s.log.Error("deregister: store failed", "regId", id, "err", err)
 		return codes.ServiceUnavailable, "registration store unavailable"
 	}
+	s.endObservations(old.ID)
 	s.m.registrations.WithLabelValues("deregister").Inc()
 	s.log.Info("deregistered", "ep", old.Endpoint, "regId", id)
 	s.publish(ctx, northbound.ChannelRegDel, s.withInstance(old))

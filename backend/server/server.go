@@ -19,6 +19,8 @@ import (
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lwm2mcluster/lwm2m/backend/devmgmt"
+	"github.com/lwm2mcluster/lwm2m/backend/model"
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/routing/northbound"
 )
@@ -55,14 +57,19 @@ type Config struct {
 	IdleTimeout time.Duration
 	// StoreTimeout bounds each store operation made for a request.
 	StoreTimeout time.Duration
+	// Registry is the object model used to decode and encode values;
+	// model.Default() when nil.
+	Registry *model.Registry
 }
 
 // Server is one instance's LwM2M server.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	m   *metrics
-	now func() time.Time
+	cfg      Config
+	log      *slog.Logger
+	m        *metrics
+	now      func() time.Time
+	exec     *devmgmt.Executor
+	sessions sessions
 }
 
 // New validates cfg and returns a Server.
@@ -91,11 +98,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = DefaultStoreTimeout
 	}
+	if cfg.Registry == nil {
+		cfg.Registry = model.Default()
+	}
 	return &Server{
-		cfg: cfg,
-		log: cfg.Logger.With("instance", cfg.InstanceID),
-		m:   newMetrics(cfg.Registerer),
-		now: time.Now,
+		exec: &devmgmt.Executor{Registry: cfg.Registry},
+		cfg:  cfg,
+		log:  cfg.Logger.With("instance", cfg.InstanceID),
+		m:    newMetrics(cfg.Registerer),
+		now:  time.Now,
 	}, nil
 }
 
@@ -167,6 +178,7 @@ func (s *Server) Sweep(ctx context.Context) {
 		for _, r := range expired {
 			s.m.registrations.WithLabelValues("expire").Inc()
 			s.log.Info("registration expired", "ep", r.Endpoint, "regId", r.ID)
+			s.endObservations(r.ID)
 			s.publish(ctx, northbound.ChannelRegDel, s.withInstance(r))
 		}
 		if len(expired) < s.cfg.SweepBatch {

@@ -1,11 +1,12 @@
 // Package store defines the cluster's shared, long-lived state as small
 // interfaces: registrations, device ownership, instance membership, DTLS-PSK
-// security info, DTLS node ids and DTLS session resumption state.
+// security info, DTLS node ids, DTLS session resumption state, northbound
+// ticket claims and observe relations.
 //
 // Each interface has two implementations that pass one conformance suite
 // (package storetest): an in-memory one for a single instance and tests
 // (package memstore) and a Redis one shared by every instance of a cluster
-// (package redisstore). Observations join here as a further interface.
+// (package redisstore).
 package store
 
 import (
@@ -17,8 +18,8 @@ import (
 	"github.com/lwm2mcluster/lwm2m/backend/registration"
 )
 
-// ErrNotFound is returned when a registration, security entry or DTLS
-// session does not exist.
+// ErrNotFound is returned when a registration, security entry, DTLS
+// session or observation does not exist.
 var ErrNotFound = errors.New("not found")
 
 // DefaultGrace is added to a registration's lifetime before it expires, so
@@ -29,7 +30,8 @@ const DefaultGrace = 2 * time.Second
 // id and device address, with lifetime expiry.
 type Registrations interface {
 	// Add stores a new registration. An existing registration of the same
-	// endpoint is removed atomically and returned as replaced.
+	// endpoint is removed atomically (with its observations, unless it has
+	// the same id) and returned as replaced.
 	Add(ctx context.Context, r *registration.Registration) (replaced *registration.Registration, err error)
 	// Get returns the registration with the given id, or ErrNotFound.
 	Get(ctx context.Context, id string) (*registration.Registration, error)
@@ -41,13 +43,14 @@ type Registrations interface {
 	// updated registration, or ErrNotFound. Concurrent updates of the same
 	// registration are serialised; none is lost.
 	Update(ctx context.Context, u *registration.Update, now time.Time) (*registration.Registration, error)
-	// Remove deletes the registration with the given id (and its ownership)
-	// and returns it. Of concurrent callers exactly one gets it; the others
-	// get ErrNotFound.
+	// Remove deletes the registration with the given id (and its ownership
+	// and observations) and returns it. Of concurrent callers exactly one
+	// gets it; the others get ErrNotFound.
 	Remove(ctx context.Context, id string) (*registration.Registration, error)
 	// RemoveExpired deletes at most max registrations whose lifetime plus
-	// grace ended before now and returns them. Each expired registration is
-	// returned to exactly one caller, however many instances sweep.
+	// grace ended before now (with their observations) and returns them.
+	// Each expired registration is returned to exactly one caller, however
+	// many instances sweep.
 	RemoveExpired(ctx context.Context, now time.Time, max int) ([]*registration.Registration, error)
 	// List returns every registration.
 	List(ctx context.Context) ([]*registration.Registration, error)
@@ -104,6 +107,8 @@ type Store interface {
 	Security
 	NodeIDs
 	DTLSSessions
+	Tickets
+	Observations
 	// Ping checks that the store can be reached.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources.

@@ -60,6 +60,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.MemberTTL, "member-ttl", membership.DefaultTTL, "membership entry lifetime without heartbeat")
 	fs.DurationVar(&o.IdleTimeout, "session-idle", server.DefaultIdleTimeout, "close a device's CoAP session after this much silence")
 	fs.IntVar(&o.MaxPayload, "max-payload", server.DefaultMaxPayload, "largest Register/Update payload accepted, in bytes (4.13 beyond)")
+	fs.StringVar(&o.ModelsDir, "models", "", "directory of OMA DDF XML object models to load beyond the core objects 0-7")
 	fs.BoolVar(&o.ProxyProtocol, "proxy-protocol", false, "expect a PROXY v2 header on every datagram (behind lwm2m-lb in proxy mode); needs --trusted-proxy")
 	fs.Func("trusted-proxy", "CIDR of balancers allowed to send PROXY headers (repeatable)", func(v string) error {
 		p, err := netip.ParsePrefix(v)

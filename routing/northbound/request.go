@@ -112,6 +112,11 @@ type Req struct {
 	Timeout       *int64              `json:"timeout,omitempty"`
 }
 
+// Composite reports whether r is one of the composite kinds.
+func (r *Req) Composite() bool {
+	return r.Kind == KindReadComposite || r.Kind == KindObserveComposite || r.Kind == KindWriteComposite
+}
+
 // TimeoutMs returns the request's timeout in milliseconds.
 func (r *Req) TimeoutMs() int64 {
 	if r.Timeout == nil {
@@ -178,6 +183,9 @@ func ParseRequest(data []byte) (*Request, error) {
 			if json.Unmarshal(data, &t) == nil {
 				req.Ticket = t.Ticket
 			}
+		}
+		if !validTicket(req.Ticket) {
+			req.Ticket = "" // never answer with a ticket the valid path refuses
 		}
 		return nil, fail("not a valid request object: %v", err)
 	}

@@ -30,6 +30,12 @@ type Store struct {
 	instByNode map[uint16]string
 	dtls       map[string]dtlsEntry
 	dtlsPuts   int // puts since the last sweep of expired sessions
+
+	tickets      map[string]ticketEntry
+	ticketClaims int                            // claims since the last sweep of expired tickets
+	obsByToken   map[string]*store.Observation  // string(token) -> observation
+	obsByTicket  map[string]string              // ticket -> string(token)
+	obsByReg     map[string]map[string]struct{} // regId -> set of string(token)
 }
 
 type dtlsEntry struct {
@@ -60,6 +66,11 @@ func New(grace time.Duration) *Store {
 		nodeByInst: map[string]uint16{},
 		instByNode: map[uint16]string{},
 		dtls:       map[string]dtlsEntry{},
+
+		tickets:     map[string]ticketEntry{},
+		obsByToken:  map[string]*store.Observation{},
+		obsByTicket: map[string]string{},
+		obsByReg:    map[string]map[string]struct{}{},
 	}
 }
 
@@ -70,6 +81,9 @@ func (s *Store) Add(_ context.Context, r *registration.Registration) (*registrat
 	old := s.byEP[r.Endpoint]
 	if old != nil {
 		s.unindex(old)
+		if old.ID != r.ID {
+			s.removeObservationsLocked(old.ID)
+		}
 	}
 	c := r.Clone()
 	s.byEP[c.Endpoint] = c
@@ -145,6 +159,7 @@ func (s *Store) Remove(_ context.Context, id string) (*registration.Registration
 	}
 	s.unindex(r)
 	delete(s.owners, r.Endpoint)
+	s.removeObservationsLocked(r.ID)
 	return r, nil
 }
 
@@ -164,6 +179,7 @@ func (s *Store) RemoveExpired(_ context.Context, now time.Time, max int) ([]*reg
 	for _, r := range out {
 		s.unindex(r)
 		delete(s.owners, r.Endpoint)
+		s.removeObservationsLocked(r.ID)
 	}
 	return out, nil
 }

@@ -103,14 +103,16 @@ func (s *Store) memberKey(id string) string {
 func (s *Store) membersKey() string { return s.prefix + "members" }
 
 // unindexLua deletes a registration's record and every index that still
-// points at it. It expects prefix in ARGV[1], the endpoint in ep and the
+// points at it, and (unless its id is keepID) its observations
+// (observationsLua). It expects prefix in ARGV[1], the endpoint in ep and the
 // record's fields in cur ({data, id, addr}).
-const unindexLua = `
-local function unindex(prefix, ep, cur)
+const unindexLua = observationsLua + `
+local function unindex(prefix, ep, cur, keepID)
   redis.call('DEL', prefix .. 'reg:ep:' .. ep)
   if cur[2] then
     local ik = prefix .. 'reg:id:' .. cur[2]
     if redis.call('GET', ik) == ep then redis.call('DEL', ik) end
+    if cur[2] ~= keepID then removeRegObs(prefix, cur[2]) end
   end
   if cur[3] then
     local ak = prefix .. 'reg:addr:' .. cur[3]
@@ -123,7 +125,7 @@ end
 // ARGV: prefix, ep, id, addr, data, expiry(ms).
 var addScript = redis.NewScript(unindexLua + `
 local cur = redis.call('HMGET', KEYS[1], 'data', 'id', 'addr')
-if cur[1] then unindex(ARGV[1], ARGV[2], cur) end
+if cur[1] then unindex(ARGV[1], ARGV[2], cur, ARGV[3]) end
 redis.call('HSET', KEYS[1], 'data', ARGV[5], 'id', ARGV[3], 'addr', ARGV[4])
 redis.call('SET', ARGV[1] .. 'reg:id:' .. ARGV[3], ARGV[2])
 redis.call('SET', ARGV[1] .. 'reg:addr:' .. ARGV[4], ARGV[2])

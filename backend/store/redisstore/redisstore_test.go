@@ -2,10 +2,12 @@ package redisstore_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/lwm2mcluster/lwm2m/backend/registration"
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
 	"github.com/lwm2mcluster/lwm2m/backend/store/storetest"
@@ -56,6 +58,13 @@ func TestKeySchema(t *testing.T) {
 	if err := s.PutDTLSSession(ctx, []byte{0x01, 0xfe}, []byte("state"), time.Hour); err != nil {
 		t.Fatal(err)
 	}
+	if ok, err := s.ClaimTicket(ctx, "tk1", "inst", time.Minute); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	o := &store.Observation{Token: []byte{0x0a, 0xff}, Endpoint: "ep1", RegID: r.ID, Paths: []string{"/3/0"}, Ticket: "tk2", Instance: "inst"}
+	if err := s.AddObservation(ctx, o); err != nil {
+		t.Fatal(err)
+	}
 	c := srv.Client(t)
 	keys, err := c.Keys(ctx, "*").Result()
 	if err != nil {
@@ -74,6 +83,10 @@ func TestKeySchema(t *testing.T) {
 		"p:nodeid:inst:inst":        "string",
 		"p:nodeid:1":                "string",
 		"p:dtls:01fe":               "string",
+		"p:ticket:tk1":              "string",
+		"p:obs:tok:0aff":            "hash",
+		"p:obs:reg:" + r.ID:         "set",
+		"p:obs:ticket:tk2":          "string",
 	}
 	if len(keys) != len(want) {
 		t.Errorf("keys = %v, want %d keys", keys, len(want))
@@ -92,7 +105,17 @@ func TestKeySchema(t *testing.T) {
 	if h := c.HGetAll(ctx, "p:sec:ep:ep1").Val(); len(h) != 2 || h["identity"] != "psk1" || h["key"] != "abcd" {
 		t.Errorf("security record = %v", h)
 	}
-	for k, v := range map[string]string{"p:sec:id:psk1": "ep1", "p:nodeid:inst:inst": "1", "p:nodeid:1": "inst", "p:dtls:01fe": "state"} {
+	if h := c.HGetAll(ctx, "p:obs:tok:0aff").Val(); len(h) != 3 || h["regId"] != r.ID || h["ticket"] != "tk2" || !strings.Contains(h["data"], `"ticket":"tk2"`) {
+		t.Errorf("observation record = %v", h)
+	}
+	if m := c.SMembers(ctx, "p:obs:reg:"+r.ID).Val(); len(m) != 1 || m[0] != "0aff" {
+		t.Errorf("observation index of the registration = %v", m)
+	}
+	if ttl := c.PTTL(ctx, "p:ticket:tk1").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("ticket claim TTL = %v, want (0, 1m]", ttl)
+	}
+	for k, v := range map[string]string{"p:sec:id:psk1": "ep1", "p:nodeid:inst:inst": "1", "p:nodeid:1": "inst", "p:dtls:01fe": "state",
+		"p:ticket:tk1": "inst", "p:obs:ticket:tk2": "0aff"} {
 		if got := c.Get(ctx, k).Val(); got != v {
 			t.Errorf("%s = %q, want %q", k, got, v)
 		}
@@ -136,5 +159,88 @@ func TestOpenErrors(t *testing.T) {
 	}
 	if _, err := redisstore.Open(ctx, "redis://127.0.0.1:1/0", redisstore.Options{}); err == nil {
 		t.Fatal("Open(closed port) succeeded")
+	}
+}
+
+// TestObservationKeysCleaned checks that removing observations, directly or
+// with their registration, leaves no key behind.
+func TestObservationKeysCleaned(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s, err := redisstore.Open(ctx, srv.URL, redisstore.Options{Prefix: "p:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := srv.Client(t)
+	obsKeys := func() []string {
+		t.Helper()
+		keys, err := c.Keys(ctx, "p:obs:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	now := time.Now()
+	for i, remove := range []func(i int, r *registration.Registration) error{
+		func(i int, r *registration.Registration) error { _, err := s.Remove(ctx, r.ID); return err },
+		func(i int, r *registration.Registration) error {
+			_, err := s.Add(ctx, storetest.NewReg(r.Endpoint, 6000, 60, now))
+			return err
+		},
+		func(i int, r *registration.Registration) error {
+			_, err := s.RemoveExpired(ctx, now.Add(time.Hour), 100)
+			return err
+		},
+		func(i int, r *registration.Registration) error { _, err := s.RemoveObservations(ctx, r.ID); return err },
+		func(i int, r *registration.Registration) error {
+			// Replacing each observation (other registration, other ticket)
+			// moves its indexes; removing the replacements leaves nothing.
+			for j := range 3 {
+				o := &store.Observation{Token: []byte{byte(i), byte(j)}, Endpoint: "other", RegID: "reg-other",
+					Paths: []string{"/4/0"}, Ticket: fmt.Sprintf("u%d-%d", i, j)}
+				if err := s.AddObservation(ctx, o); err != nil {
+					return err
+				}
+			}
+			if k := obsKeys(); len(k) != 3+3+1 {
+				return fmt.Errorf("observation keys after replacement = %v, want 7", k)
+			}
+			_, err := s.RemoveObservations(ctx, "reg-other")
+			return err
+		},
+		func(i int, r *registration.Registration) error {
+			for j := range 3 {
+				if _, err := s.RemoveObservation(ctx, []byte{byte(i), byte(j)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	} {
+		ep := fmt.Sprintf("ep%d", i)
+		r := storetest.NewReg(ep, uint16(5000+i), 60, now)
+		if _, err := s.Add(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		for j := range 3 {
+			o := &store.Observation{Token: []byte{byte(i), byte(j)}, Endpoint: ep, RegID: r.ID,
+				Paths: []string{"/3/0"}, Ticket: fmt.Sprintf("t%d-%d", i, j)}
+			if err := s.AddObservation(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if k := obsKeys(); len(k) != 3+3+1 {
+			t.Fatalf("case %d: observation keys = %v, want 7", i, k)
+		}
+		if err := remove(i, r); err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		if k := obsKeys(); len(k) != 0 {
+			t.Fatalf("case %d: keys left after removal: %v", i, k)
+		}
+		if _, err := s.RemoveExpired(ctx, now.Add(time.Hour), 100); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

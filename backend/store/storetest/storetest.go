@@ -49,6 +49,15 @@ func Run(t *testing.T, newStore Factory) {
 		{"NodeIDClaim", testNodeIDClaim},
 		{"DTLSSessions", testDTLSSessions},
 		{"DTLSSessionTTL", testDTLSSessionTTL},
+		{"TicketClaimOnce", testTicketClaimOnce},
+		{"TicketClaimTTL", testTicketClaimTTL},
+		{"TicketClaimInvalid", testTicketClaimInvalid},
+		{"ObservationIndexes", testObservationIndexes},
+		{"ObservationInvalid", testObservationInvalid},
+		{"ObservationReplace", testObservationReplace},
+		{"ObservationRemoveOnce", testObservationRemoveOnce},
+		{"ObservationsRemoveOnce", testObservationsRemoveOnce},
+		{"ObservationsGoWithRegistration", testObservationsGoWithRegistration},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore) })

@@ -1,0 +1,383 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/lwm2mcluster/lwm2m/backend/codec"
+	"github.com/lwm2mcluster/lwm2m/backend/devmgmt"
+	"github.com/lwm2mcluster/lwm2m/backend/node"
+	"github.com/lwm2mcluster/lwm2m/backend/store"
+	"github.com/lwm2mcluster/lwm2m/routing/dispatch"
+	"github.com/lwm2mcluster/lwm2m/routing/northbound"
+)
+
+// ChannelSend carries the data devices push with the LwM2M 1.1 Send
+// operation (POST /dp): {"ep","regId","instance","nodes":{path: node}}.
+const ChannelSend = "LESHAN_SEND"
+
+// SendEvent is a LESHAN_SEND message.
+type SendEvent struct {
+	Endpoint string              `json:"ep"`
+	RegID    string              `json:"regId"`
+	Instance string              `json:"instance"`
+	Nodes    map[string]node.Any `json:"nodes"`
+}
+
+// sessions maps endpoints to the CoAP session this instance holds with
+// each device: the session of its latest uplink here.
+type sessions struct {
+	mu   sync.Mutex
+	byEP map[string]*udpClient.Conn
+}
+
+func (s *sessions) set(ep string, c *udpClient.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byEP == nil {
+		s.byEP = make(map[string]*udpClient.Conn)
+	}
+	if s.byEP[ep] == c {
+		return
+	}
+	s.byEP[ep] = c
+	c.AddOnClose(func() { s.forget(ep, c) })
+}
+
+func (s *sessions) get(ep string) *udpClient.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byEP[ep]
+}
+
+func (s *sessions) forget(ep string, c *udpClient.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byEP[ep] == c {
+		delete(s.byEP, ep)
+	}
+}
+
+func (s *sessions) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byEP)
+}
+
+// Execute carries a northbound request out on the device of endpoint ep,
+// which this instance owns (dispatch.Executor). ctx bounds it.
+func (s *Server) Execute(ctx context.Context, ep, ticket string, req *northbound.Req) (*northbound.Resp, error) {
+	reg, err := s.cfg.Store.GetByEndpoint(ctx, ep)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, dispatch.ErrNotRegistered
+	}
+	if err != nil {
+		s.m.storeErrors.Inc()
+		return nil, fmt.Errorf("registration store: %w", err)
+	}
+	if req.Kind == northbound.KindCancelObserve {
+		return s.cancelObserve(ctx, reg.ID, ep, req)
+	}
+	conn := s.sessions.get(ep)
+	if conn == nil {
+		return nil, dispatch.ErrNoSession
+	}
+	t := devmgmt.Target{Conn: conn, Reg: reg}
+	observe := req.Kind == northbound.KindObserve || req.Kind == northbound.KindObserveComposite
+	var token message.Token
+	if observe {
+		if token, err = message.GetToken(); err != nil {
+			return nil, fmt.Errorf("token: %w", err)
+		}
+		// Store the observation before the device can notify.
+		paths := req.Paths
+		if !req.Composite() {
+			paths = []string{req.Path}
+		}
+		obs := &store.Observation{
+			Token: token, Endpoint: ep, RegID: reg.ID, Paths: paths,
+			Composite: req.Composite(), ContentFormat: devmgmt.PickFormat(reg, req),
+			Ticket: ticket, Instance: s.cfg.InstanceID, Created: s.now().UnixMilli(),
+		}
+		if req.Composite() {
+			obs.ContentFormat = compositeFormat(req)
+		}
+		if err := s.cfg.Store.AddObservation(ctx, obs); err != nil {
+			s.m.storeErrors.Inc()
+			return nil, fmt.Errorf("observation store: %w", err)
+		}
+	}
+	res, err := s.exec.Do(ctx, t, req, token)
+	if observe && (err != nil || !devmgmt.Success(codeOf(res))) {
+		// No observation was established.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
+		_, _ = s.cfg.Store.RemoveObservation(rctx, token)
+		cancel()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if observe && devmgmt.Success(codeOf(res)) {
+		s.m.observations.WithLabelValues("start").Inc()
+		s.replaceOlderObservations(ctx, reg.ID, ticket, req)
+	}
+	return res.Resp, nil
+}
+
+func compositeFormat(req *northbound.Req) uint16 {
+	if req.ContentFormat != nil {
+		return *req.ContentFormat
+	}
+	return codec.SenMLCBOR
+}
+
+func codeOf(r *devmgmt.Result) codes.Code {
+	if r == nil || r.Resp == nil {
+		return 0
+	}
+	for c := codes.Code(64); c < 96; c++ {
+		if devmgmt.CodeName(c) == r.Resp.Code {
+			return c
+		}
+	}
+	return codes.BadRequest
+}
+
+// replaceOlderObservations removes the observations of the same
+// registration on the same paths set up by earlier requests: a new observe
+// replaces an old one (the device keeps one relation per target).
+func (s *Server) replaceOlderObservations(ctx context.Context, regID, ticket string, req *northbound.Req) {
+	paths := req.Paths
+	if !req.Composite() {
+		paths = []string{req.Path}
+	}
+	all, err := s.cfg.Store.ObservationsByRegistration(ctx, regID)
+	if err != nil {
+		return
+	}
+	for _, o := range all {
+		if o.Ticket != ticket && slices.Equal(o.Paths, paths) {
+			if _, err := s.cfg.Store.RemoveObservation(ctx, o.Token); err == nil {
+				s.m.observations.WithLabelValues("replaced").Inc()
+			}
+		}
+	}
+}
+
+// cancelObserve ends an observation, found by its ticket or its path. The
+// device is told (a GET with Observe 1) when this instance holds its
+// session; otherwise its next notification is refused.
+func (s *Server) cancelObserve(ctx context.Context, regID, ep string, req *northbound.Req) (*northbound.Resp, error) {
+	var found []*store.Observation
+	if req.ObserveTicket != "" {
+		o, err := s.cfg.Store.ObservationByTicket(ctx, req.ObserveTicket)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("observation store: %w", err)
+		}
+		if err == nil && o.Endpoint == ep {
+			found = append(found, o)
+		}
+	} else {
+		all, err := s.cfg.Store.ObservationsByRegistration(ctx, regID)
+		if err != nil {
+			return nil, fmt.Errorf("observation store: %w", err)
+		}
+		for _, o := range all {
+			if slices.Contains(o.Paths, req.Path) {
+				found = append(found, o)
+			}
+		}
+	}
+	if len(found) == 0 {
+		return &northbound.Resp{Kind: req.Kind, Code: "NOT_FOUND", ErrorMessage: "no such observation"}, nil
+	}
+	conn := s.sessions.get(ep)
+	reg, _ := s.cfg.Store.Get(ctx, regID)
+	for _, o := range found {
+		if _, err := s.cfg.Store.RemoveObservation(ctx, o.Token); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("observation store: %w", err)
+		}
+		s.m.observations.WithLabelValues("cancel").Inc()
+		if conn != nil && !o.Composite && len(o.Paths) == 1 {
+			creq := &northbound.Req{Kind: northbound.KindCancelObserve, Path: o.Paths[0], ContentFormat: &o.ContentFormat}
+			if _, err := s.exec.Do(ctx, devmgmt.Target{Conn: conn, Reg: reg}, creq, o.Token); err != nil {
+				s.log.Debug("proactive observe cancel not answered", "ep", ep, "err", err)
+			}
+		}
+	}
+	return &northbound.Resp{Kind: req.Kind, Code: "DELETED"}, nil
+}
+
+// notification handles a response message that matched no request of this
+// session: an observe notification, possibly for an observation another
+// instance set up before the device moved here. It is published with the
+// observe's ticket; unknown tokens are answered with a reset.
+func (s *Server) notification(w *responseWriter, r *pool.Message) {
+	if len(r.Token()) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
+	defer cancel()
+	o, err := s.cfg.Store.ObservationByToken(ctx, r.Token())
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			s.m.observations.WithLabelValues("unknown-token").Inc()
+			s.reset(w, r)
+		} else {
+			s.m.storeErrors.Inc()
+		}
+		return
+	}
+	if _, obsErr := r.Observe(); obsErr != nil && devmgmt.Success(r.Code()) {
+		// A late answer to a request that is gone, not a notification.
+		return
+	}
+	// The device's latest uplink reached this instance: it owns it now.
+	s.sessions.set(o.Endpoint, w.Conn())
+	if err := s.cfg.Store.SetOwner(ctx, o.Endpoint, s.cfg.InstanceID); err != nil {
+		s.m.storeErrors.Inc()
+	}
+	kind := northbound.KindObserve
+	if o.Composite {
+		kind = northbound.KindObserveComposite
+	}
+	resp := &northbound.Resp{Kind: kind, Code: devmgmt.CodeName(r.Code()), Observe: true}
+	body, err := readAll(r)
+	switch {
+	case err != nil:
+		resp.Code, resp.ErrorMessage = "INTERNAL_SERVER_ERROR", "cannot read the notification: "+err.Error()
+	case !devmgmt.Success(r.Code()):
+		// The device ended the observation with an error code.
+		resp.ErrorMessage = string(body)
+		_, _ = s.cfg.Store.RemoveObservation(ctx, o.Token)
+		s.m.observations.WithLabelValues("ended-by-device").Inc()
+	default:
+		format := o.ContentFormat
+		if cf, err := r.ContentFormat(); err == nil {
+			format = uint16(cf)
+		}
+		if o.Composite {
+			nodes, err := s.exec.DecodeComposite(format, body, o.Paths)
+			if err != nil {
+				resp.Code, resp.ErrorMessage = "INTERNAL_SERVER_ERROR", "cannot decode the notification: "+err.Error()
+			} else {
+				resp.Nodes = nodes
+			}
+		} else {
+			p, _ := node.ParsePath(o.Paths[0])
+			n, err := s.exec.DecodeValue(format, body, p)
+			if err != nil {
+				resp.Code, resp.ErrorMessage = "INTERNAL_SERVER_ERROR", "cannot decode the notification: "+err.Error()
+			} else {
+				resp.Node = &node.Any{Node: n}
+			}
+		}
+	}
+	s.m.observations.WithLabelValues("notify").Inc()
+	if err := northbound.PublishJSON(ctx, s.cfg.Events, northbound.ChannelResp,
+		&northbound.Response{Ticket: o.Ticket, Resp: resp}); err != nil {
+		s.m.publishErrors.Inc()
+		s.log.Warn("notification not published", "ep", o.Endpoint, "ticket", o.Ticket, "err", err)
+	}
+}
+
+// reset answers a notification nobody observes with a CoAP reset, so the
+// device ends the observation (reactive cancel, RFC 7641 section 3.6).
+func (s *Server) reset(w *responseWriter, r *pool.Message) {
+	if r.Type() != message.Confirmable && r.Type() != message.NonConfirmable {
+		return
+	}
+	m := w.Conn().AcquireMessage(context.Background())
+	defer w.Conn().ReleaseMessage(m)
+	m.SetType(message.Reset)
+	m.SetCode(codes.Empty)
+	m.SetMessageID(r.MessageID())
+	_ = w.Conn().WriteMessage(m)
+}
+
+func readAll(r *pool.Message) ([]byte, error) {
+	b, err := r.ReadBody()
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > devmgmt.MaxResponse {
+		return nil, fmt.Errorf("larger than %d bytes", devmgmt.MaxResponse)
+	}
+	return b, nil
+}
+
+// send handles the LwM2M 1.1 Send operation (POST /dp) from a registered
+// device and publishes the values on LESHAN_SEND.
+func (s *Server) send(w *responseWriter, r *pool.Message) (codes.Code, string) {
+	payload, code, diag := s.readPayload(r)
+	if code != 0 {
+		return code, diag
+	}
+	cf, err := r.ContentFormat()
+	if err != nil {
+		return codes.BadRequest, "Send needs a Content-Format (SenML JSON or CBOR)"
+	}
+	ctx, cancel := s.storeCtx(r)
+	defer cancel()
+	reg, err := s.cfg.Store.GetByAddr(ctx, peer(w))
+	if errors.Is(err, store.ErrNotFound) {
+		return codes.Forbidden, "not registered"
+	}
+	if err != nil {
+		s.m.storeErrors.Inc()
+		return codes.ServiceUnavailable, "registration store unavailable"
+	}
+	if code, diag := s.authorizeExisting(ctx, w, reg); code != 0 {
+		return code, diag
+	}
+	format := uint16(cf)
+	if format != codec.SenMLJSON && format != codec.SenMLCBOR {
+		return codes.UnsupportedMediaType, "Send takes SenML JSON or CBOR"
+	}
+	paths, err := codec.DecodePaths(format, payload)
+	if err != nil {
+		return codes.BadRequest, "malformed payload: " + err.Error()
+	}
+	nodes, err := codec.DecodeComposite(format, payload, paths, s.exec.Registry)
+	if err != nil {
+		return codes.BadRequest, "malformed payload: " + err.Error()
+	}
+	ev := SendEvent{Endpoint: reg.Endpoint, RegID: reg.ID, Instance: s.cfg.InstanceID, Nodes: make(map[string]node.Any, len(nodes))}
+	for p, n := range nodes {
+		ev.Nodes[p.String()] = node.Any{Node: n}
+	}
+	s.sessions.set(reg.Endpoint, w.Conn())
+	if err := s.cfg.Store.SetOwner(ctx, reg.Endpoint, s.cfg.InstanceID); err != nil {
+		s.m.storeErrors.Inc()
+	}
+	s.publish(r.Context(), ChannelSend, ev)
+	_ = w.SetResponse(codes.Changed, message.TextPlain, bytes.NewReader(nil))
+	return codes.Changed, ""
+}
+
+// endObservations removes a registration's observations (de-registration,
+// replacement, expiry).
+func (s *Server) endObservations(regID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
+	defer cancel()
+	obs, err := s.cfg.Store.RemoveObservations(ctx, regID)
+	if err != nil {
+		s.m.storeErrors.Inc()
+		return
+	}
+	if len(obs) > 0 {
+		s.m.observations.WithLabelValues("ended-with-registration").Add(float64(len(obs)))
+	}
+}
+
+// Sessions returns the number of devices whose session this instance holds.
+func (s *Server) Sessions() int { return s.sessions.len() }
