@@ -10,10 +10,13 @@
 // plain functions taking an io.Writer and a store interface (SecurityAdd,
 // SecurityList, List, Members, ...), which tests call directly.
 //
-// To add commands (issue 4 adds read/write/observe through the northbound
-// API), append a *Command to what Commands returns; a command needing
-// another connection (the northbound bus) gets its own lazy opener on Env,
-// like Env.Store.
+// Device commands (read, write, observe, ...) send requests through the
+// northbound API with an nbclient.Client that Env.Client opens lazily on
+// the store's Redis connection (Program.Bus replaces the bus in tests).
+//
+// Flags of a leaf command may follow its positional arguments
+// ("read dev1 /3/0 --format tlv"); after "--" everything is positional
+// (for values that start with "-").
 package clicmd
 
 import (
@@ -30,6 +33,8 @@ import (
 
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/backend/store/redisstore"
+	"github.com/lwm2mcluster/lwm2m/routing/nbclient"
+	"github.com/lwm2mcluster/lwm2m/routing/northbound"
 )
 
 // Name is the program's name in messages.
@@ -49,6 +54,20 @@ func OpenRedis(ctx context.Context, url, prefix string) (store.Store, error) {
 	return redisstore.Open(ctx, url, redisstore.Options{Prefix: prefix})
 }
 
+// BusOpener returns the northbound bus of the cluster whose shared store is
+// s.
+type BusOpener func(ctx context.Context, s store.Store) (northbound.Bus, error)
+
+// RedisBus is the default BusOpener: a northbound.RedisBus on the Redis
+// connection of a redisstore.Store.
+func RedisBus(_ context.Context, s store.Store) (northbound.Bus, error) {
+	rc, ok := s.(interface{ Client() redis.UniversalClient })
+	if !ok {
+		return nil, fmt.Errorf("the store (%T) has no Redis connection for the northbound API", s)
+	}
+	return northbound.NewRedisBus(rc.Client()), nil
+}
+
 // Env is what a command runs with.
 type Env struct {
 	Stdin          io.Reader
@@ -60,10 +79,40 @@ type Env struct {
 	KeyPrefix string
 	// Now is the clock for ages in tables.
 	Now func() time.Time
+	// Timeout is the --timeout flag. Device commands use it as the
+	// request's timeout.
+	Timeout time.Duration
 
-	open   Opener
-	getenv func(string) string
-	store  store.Store
+	open       Opener
+	getenv     func(string) string
+	store      store.Store
+	openBus    BusOpener
+	clientOpts nbclient.Options
+	client     *nbclient.Client
+}
+
+// Client opens the northbound client on first use (on the store's Redis
+// connection, with the store as the owner lookup) and returns it;
+// Program.Run closes it.
+func (e *Env) Client(ctx context.Context) (*nbclient.Client, error) {
+	if e.client != nil {
+		return e.client, nil
+	}
+	s, err := e.Store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bus, err := e.openBus(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	c := nbclient.New(bus, s, e.clientOpts)
+	if err := c.Start(ctx); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	e.client = c
+	return c, nil
 }
 
 // Store opens the shared store on first use and returns it; Program.Run
@@ -99,6 +148,10 @@ type Command struct {
 	// Setup defines a leaf's flags on fs and returns the function that
 	// runs it (a closure over the flag values).
 	Setup func(fs *flag.FlagSet) RunFunc
+	// SelfTimed leaves the --timeout to the command (Env.Timeout) instead
+	// of bounding the whole command with it: device commands give it to
+	// the request, observe streams until interrupted.
+	SelfTimed bool
 }
 
 // usageError is a command-line mistake: its message gets a pointer to help.
@@ -125,6 +178,11 @@ type Program struct {
 	Commands []*Command
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Bus opens the northbound bus for device commands (RedisBus when
+	// nil).
+	Bus BusOpener
+	// ClientOptions tune the northbound client of device commands.
+	ClientOptions nbclient.Options
 }
 
 // quietRedis drops go-redis's own log lines (connection retries), which
@@ -151,7 +209,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.redis, "redis", g.redis, "Redis URL of the cluster (redis://[user:pass@]host:port/db, or a Sentinel URL with master_name); default $"+RedisEnv+", which keeps a password out of the process list")
 	fs.StringVar(&g.prefix, "key-prefix", g.prefix, "prefix of every Redis key")
 	fs.BoolVar(&g.json, "json", g.json, "print JSON instead of tables")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "time limit of the whole command")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "time limit of the whole command; for device commands, the time the device has to answer")
 }
 
 // Run runs the command line args (without the program name) and returns
@@ -166,7 +224,11 @@ func (p *Program) Run(ctx context.Context, args []string) int {
 		cmds = Commands()
 	}
 	g := &globals{prefix: redisstore.DefaultPrefix, timeout: DefaultTimeout}
-	env := &Env{Stdin: p.Stdin, Stdout: p.Stdout, Stderr: p.Stderr, Now: p.Now, open: p.Open}
+	env := &Env{Stdin: p.Stdin, Stdout: p.Stdout, Stderr: p.Stderr, Now: p.Now, open: p.Open,
+		openBus: p.Bus, clientOpts: p.ClientOptions}
+	if env.openBus == nil {
+		env.openBus = RedisBus
+	}
 	if env.Stdin == nil {
 		env.Stdin = strings.NewReader("")
 	}
@@ -181,6 +243,9 @@ func (p *Program) Run(ctx context.Context, args []string) int {
 		Help: "Inspects and changes the shared state of an LwM2M server cluster in Redis."}
 	env.getenv = getenv
 	err := p.dispatch(ctx, g, env, root, Name, args)
+	if env.client != nil {
+		_ = env.client.Close()
+	}
 	if env.store != nil {
 		_ = env.store.Close()
 	}
@@ -216,14 +281,14 @@ func (p *Program) dispatch(ctx context.Context, g *globals, env *Env, cmd *Comma
 	if cmd.Setup != nil {
 		run = cmd.Setup(fs)
 	}
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseFlags(fs, args, cmd.Sub == nil)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printHelp(env.Stdout, cmd, path)
 			return flag.ErrHelp
 		}
 		return usageErrorf("%s", err)
 	}
-	rest := fs.Args()
 	if cmd.Sub != nil {
 		if len(rest) == 0 {
 			return usageErrorf("missing command")
@@ -239,13 +304,42 @@ func (p *Program) dispatch(ctx context.Context, g *globals, env *Env, cmd *Comma
 		}
 		return usageErrorf("unknown command %q", name)
 	}
-	env.JSON, env.RedisURL, env.KeyPrefix = g.json, g.redis, g.prefix
+	env.JSON, env.RedisURL, env.KeyPrefix, env.Timeout = g.json, g.redis, g.prefix, g.timeout
 	if env.RedisURL == "" {
 		env.RedisURL = env.getenv(RedisEnv)
 	}
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
+	if !cmd.SelfTimed {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.timeout)
+		defer cancel()
+	}
 	return run(ctx, env, rest)
+}
+
+// parseFlags parses args on fs. With interspersed, flags may follow
+// positional arguments, and "--" ends the flags.
+func parseFlags(fs *flag.FlagSet, args []string, interspersed bool) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if !interspersed {
+		return fs.Args(), nil
+	}
+	var pos []string
+	for {
+		rest := fs.Args()
+		if len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			return append(pos, rest...), nil // "--": the rest is positional
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // help prints the help of the command named by args under cmd.

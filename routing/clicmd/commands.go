@@ -22,7 +22,7 @@ import (
 
 // Commands returns lwm2m-cli's command tree.
 func Commands() []*Command {
-	return []*Command{
+	return append([]*Command{
 		{
 			Name:    "security",
 			Summary: "manage the DTLS-PSK credentials of endpoints",
@@ -30,7 +30,7 @@ func Commands() []*Command {
 		},
 		listCmd(),
 		membersCmd(),
-	}
+	}, deviceCommands()...)
 }
 
 func securityAddCmd() *Command {
