@@ -318,7 +318,7 @@ func readAll(r *pool.Message) ([]byte, error) {
 // send handles the LwM2M 1.1 Send operation (POST /dp) from a registered
 // device and publishes the values on LESHAN_SEND.
 func (s *Server) send(w *responseWriter, r *pool.Message) (codes.Code, string) {
-	payload, code, diag := s.readPayload(r)
+	payload, code, diag := s.readBody(r)
 	if code != 0 {
 		return code, diag
 	}
@@ -343,11 +343,7 @@ func (s *Server) send(w *responseWriter, r *pool.Message) (codes.Code, string) {
 	if format != codec.SenMLJSON && format != codec.SenMLCBOR {
 		return codes.UnsupportedMediaType, "Send takes SenML JSON or CBOR"
 	}
-	paths, err := codec.DecodePaths(format, payload)
-	if err != nil {
-		return codes.BadRequest, "malformed payload: " + err.Error()
-	}
-	nodes, err := codec.DecodeComposite(format, payload, paths, s.exec.Registry)
+	nodes, err := codec.DecodeComposite(format, payload, nil, s.exec.Registry)
 	if err != nil {
 		return codes.BadRequest, "malformed payload: " + err.Error()
 	}
@@ -364,8 +360,9 @@ func (s *Server) send(w *responseWriter, r *pool.Message) (codes.Code, string) {
 	return codes.Changed, ""
 }
 
-// endObservations removes a registration's observations (de-registration,
-// replacement, expiry).
+// endObservations removes a registration's observations before its
+// de-registration. (Replacement and expiry remove them in the store, with
+// the registration.)
 func (s *Server) endObservations(regID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	defer cancel()
@@ -375,7 +372,7 @@ func (s *Server) endObservations(regID string) {
 		return
 	}
 	if len(obs) > 0 {
-		s.m.observations.WithLabelValues("ended-with-registration").Add(float64(len(obs)))
+		s.m.observations.WithLabelValues("deregistered").Add(float64(len(obs)))
 	}
 }
 

@@ -50,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"op"}),
 		observations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lwm2m_observations_total",
-			Help: "Observation events on this instance, by event (start, notify, cancel, replaced, unknown-token, ended-by-device, ended-with-registration).",
+			Help: "Observation events on this instance, by event (start, notify, cancel, replaced, unknown-token, ended-by-device, deregistered).",
 		}, []string{"event"}),
 	}
 	if reg != nil {

@@ -85,8 +85,23 @@ func local(w *responseWriter) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// readPayload reads the request body, refusing more than MaxPayload bytes.
+// readPayload reads a registration request's body (link format), refusing
+// more than MaxPayload bytes.
 func (s *Server) readPayload(r *pool.Message) ([]byte, codes.Code, string) {
+	b, code, diag := s.readBody(r)
+	if code != 0 {
+		return nil, code, diag
+	}
+	if len(b) > 0 {
+		if cf, err := r.ContentFormat(); err == nil && cf != message.AppLinkFormat {
+			return nil, codes.BadRequest, "payload must be application/link-format (40)"
+		}
+	}
+	return b, 0, ""
+}
+
+// readBody reads the request body, refusing more than MaxPayload bytes.
+func (s *Server) readBody(r *pool.Message) ([]byte, codes.Code, string) {
 	if r.Body() == nil {
 		return nil, 0, ""
 	}
@@ -96,11 +111,6 @@ func (s *Server) readPayload(r *pool.Message) ([]byte, codes.Code, string) {
 	}
 	if len(b) > s.cfg.MaxPayload {
 		return nil, codes.RequestEntityTooLarge, "payload larger than the server accepts"
-	}
-	if len(b) > 0 {
-		if cf, err := r.ContentFormat(); err == nil && cf != message.AppLinkFormat {
-			return nil, codes.BadRequest, "payload must be application/link-format (40)"
-		}
 	}
 	return b, 0, ""
 }
@@ -176,7 +186,6 @@ func (s *Server) register(w *responseWriter, r *pool.Message) (codes.Code, strin
 	}
 	s.sessions.set(reg.Endpoint, w.Conn())
 	if replaced != nil {
-		s.endObservations(replaced.ID)
 		s.m.registrations.WithLabelValues("replace").Inc()
 		s.log.Info("registration replaced", "ep", replaced.Endpoint, "oldRegId", replaced.ID)
 		s.publish(r.Context(), northbound.ChannelRegDel, s.withInstance(replaced))
@@ -270,6 +279,9 @@ func (s *Server) deregister(w *responseWriter, id string) (codes.Code, string) {
 	if code, diag := s.authorizeExisting(ctx, w, cur); code != 0 {
 		return code, diag
 	}
+	// The store removes a registration's observations with it; removing
+	// them first counts them.
+	s.endObservations(id)
 	old, err := s.cfg.Store.Remove(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return codes.NotFound, "no such registration"
@@ -279,7 +291,6 @@ func (s *Server) deregister(w *responseWriter, id string) (codes.Code, string) {
 		s.log.Error("deregister: store failed", "regId", id, "err", err)
 		return codes.ServiceUnavailable, "registration store unavailable"
 	}
-	s.endObservations(old.ID)
 	s.m.registrations.WithLabelValues("deregister").Inc()
 	s.log.Info("deregistered", "ep", old.Endpoint, "regId", id)
 	s.publish(ctx, northbound.ChannelRegDel, s.withInstance(old))

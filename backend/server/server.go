@@ -178,7 +178,6 @@ func (s *Server) Sweep(ctx context.Context) {
 		for _, r := range expired {
 			s.m.registrations.WithLabelValues("expire").Inc()
 			s.log.Info("registration expired", "ep", r.Endpoint, "regId", r.ID)
-			s.endObservations(r.ID)
 			s.publish(ctx, northbound.ChannelRegDel, s.withInstance(r))
 		}
 		if len(expired) < s.cfg.SweepBatch {
