@@ -399,6 +399,28 @@ func TestNorthboundOperations(t *testing.T) {
 		t.Fatalf("LESHAN_SEND: %+v %v", send, err)
 	}
 
+	// lwm2m-cli, the Go client as a command, against the same cluster.
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(filepath.Join(binDir, "lwm2m-cli"), append([]string{"--redis", rds.URL}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("lwm2m-cli %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if out := cli("read", "nb-dev", "/3/0/0", "--format", "text"); !strings.Contains(out, manufacturer.String()) {
+		t.Fatalf("lwm2m-cli read: %q, want %q in it", out, manufacturer.String())
+	}
+	if out := cli("--json", "write", "nb-dev", "/10250/0/1", "from-cli"); !strings.Contains(out, `"CHANGED"`) {
+		t.Fatalf("lwm2m-cli write: %q", out)
+	}
+	if v, _ := dev.Value(node.MustPath(10250, 0, 1)); !v.Equal(node.StringValue("from-cli")) {
+		t.Fatalf("after lwm2m-cli write the device has %v", v)
+	}
+	if out := cli("list"); !strings.Contains(out, "nb-dev") || !strings.Contains(out, "nb-a") {
+		t.Fatalf("lwm2m-cli list: %q", out)
+	}
+
 	// Bad requests with a ticket get one err; an unregistered endpoint
 	// one err; de-registration ends the composite observation.
 	if msg := peer.errOf("nb-dev", `{"kind":"read","path":"/3/x"}`); !strings.Contains(msg, "path") {
