@@ -274,6 +274,16 @@ func (s *Server) notification(w *responseWriter, r *pool.Message) {
 			}
 		} else {
 			p, _ := node.ParsePath(o.Paths[0])
+			if timed := s.timestamped(format, body, p); len(timed) > 0 {
+				// Values the device recorded at several times (or with
+				// their time): one resp each, oldest first.
+				for _, ts := range timed {
+					r := *resp
+					r.Node, r.Timestamp = &node.Any{Node: ts.Nodes[p]}, ts.Time.UnixMilli()
+					s.publishNotification(ctx, o, &r)
+				}
+				return
+			}
 			n, err := s.exec.DecodeValue(format, body, p)
 			if err != nil {
 				resp.Code, resp.ErrorMessage = "INTERNAL_SERVER_ERROR", "cannot decode the notification: "+err.Error()
@@ -282,6 +292,28 @@ func (s *Server) notification(w *responseWriter, r *pool.Message) {
 			}
 		}
 	}
+	s.publishNotification(ctx, o, resp)
+}
+
+// timestamped decodes a notification that carries timestamps (SenML, LwM2M
+// JSON); it returns nil when the payload has none.
+func (s *Server) timestamped(format uint16, body []byte, p node.Path) []codec.Timestamped {
+	if format != codec.SenMLJSON && format != codec.SenMLCBOR && format != codec.LwM2MJSON {
+		return nil
+	}
+	entries, err := codec.DecodeTimestamped(format, body, p, s.exec.Registry)
+	if err != nil || len(entries) == 0 {
+		return nil
+	}
+	for _, e := range entries {
+		if e.Time.IsZero() || e.Nodes[p] == nil {
+			return nil
+		}
+	}
+	return entries
+}
+
+func (s *Server) publishNotification(ctx context.Context, o *store.Observation, resp *northbound.Resp) {
 	s.m.observations.WithLabelValues("notify").Inc()
 	if err := northbound.PublishJSON(ctx, s.cfg.Events, northbound.ChannelResp,
 		&northbound.Response{Ticket: o.Ticket, Resp: resp}); err != nil {

@@ -1,0 +1,101 @@
+package instance
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapoptions "github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/lwm2mcluster/lwm2m/backend/node"
+	"github.com/lwm2mcluster/lwm2m/routing/nbclient"
+	"github.com/lwm2mcluster/lwm2m/routing/northbound"
+)
+
+// TestTimestampedNotification: a notification carrying values recorded at
+// two times (SenML "bt"/"t") becomes two resps on the observe's ticket,
+// oldest first, each with its "timestamp".
+func TestTimestampedNotification(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "ts", Logger: quiet, ModelsDir: "../../e2e/testdata/models"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Stop(context.Background())
+
+	var mu sync.Mutex
+	var token message.Token
+	var conn *udpClient.Conn
+	observed := make(chan struct{})
+	router := mux.NewRouter()
+	_ = router.Handle("/3303/0/5700", mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
+		mu.Lock()
+		token, conn = append(message.Token(nil), r.Token()...), w.Conn().(*udpClient.Conn)
+		mu.Unlock()
+		_ = w.SetResponse(codes.Content, message.AppSenmlJSON, bytes.NewReader([]byte(`[{"n":"/3303/0/5700","v":20.5}]`)))
+		w.Message().SetObserve(1)
+		close(observed)
+	}))
+	dev, err := udp.Dial(in.CoAPAddr().String(), coapoptions.WithMux(router))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer rcancel()
+	resp, err := dev.Post(rctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(`</3303/0>`)),
+		message.Option{ID: message.URIQuery, Value: []byte("ep=ts-dev")},
+		message.Option{ID: message.URIQuery, Value: []byte("lwm2m=1.1")})
+	if err != nil || resp.Code() != codes.Created {
+		t.Fatalf("register: %v %v", err, resp)
+	}
+
+	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
+	defer c.Close()
+	senml := uint16(110)
+	obs, err := c.Observe(ctx, "ts-dev", northbound.Req{Kind: northbound.KindObserve, Path: "/3303/0/5700", ContentFormat: &senml})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-observed
+	mu.Lock()
+	n := conn.AcquireMessage(ctx)
+	n.SetCode(codes.Content)
+	n.SetToken(token)
+	n.SetType(message.NonConfirmable)
+	n.SetMessageID(conn.GetMessageID())
+	n.SetObserve(2)
+	n.SetContentFormat(message.AppSenmlJSON)
+	n.SetBody(bytes.NewReader([]byte(`[{"bn":"/3303/0/5700","bt":1700000000,"v":21.5},{"t":10,"v":22.5}]`)))
+	err = conn.WriteMessage(n)
+	conn.ReleaseMessage(n)
+	mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		ts int64
+		v  float64
+	}{{1700000000000, 21.5}, {1700000010000, 22.5}} {
+		select {
+		case r := <-obs.C():
+			if r.Node == nil {
+				t.Fatalf("notification without a node: %+v", r)
+			}
+			res, ok := r.Node.Node.(node.Resource)
+			if !ok || !res.Value.Equal(node.FloatValue(want.v)) || r.Timestamp != want.ts || !r.Observe {
+				t.Fatalf("notification %+v (node %v), want %v at %d", r, r.Node, want.v, want.ts)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no notification for %v", want)
+		}
+	}
+}
