@@ -53,6 +53,8 @@ type Target struct {
 // Result is what an operation produced: the northbound resp, and for
 // observe requests the token the device's notifications will carry.
 type Result struct {
+	// Code is the device's answer code.
+	Code  codes.Code
 	Resp  *northbound.Resp
 	Token message.Token
 	// Format is the content format the device answered in.
@@ -182,7 +184,7 @@ func (e *Executor) exchange(ctx context.Context, t Target, req *northbound.Req, 
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
-	return &Result{Resp: answer(req.Kind, resp.Code(), body)}, nil
+	return &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body)}, nil
 }
 
 // roundTrip sends a request and returns the answer and its body (read in
@@ -291,7 +293,7 @@ func (e *Executor) read(ctx context.Context, t Target, req *northbound.Req, form
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
-	res := &Result{Resp: answer(req.Kind, resp.Code(), body), Token: token}
+	res := &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body), Token: token}
 	if !Success(resp.Code()) {
 		return res, nil
 	}
@@ -344,7 +346,7 @@ func (e *Executor) discover(ctx context.Context, t Target, req *northbound.Req, 
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
-	res := &Result{Resp: answer(req.Kind, resp.Code(), body)}
+	res := &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body)}
 	if !Success(resp.Code()) {
 		return res, nil
 	}
@@ -412,7 +414,7 @@ func (e *Executor) create(ctx context.Context, t Target, req *northbound.Req, fo
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
-	res := &Result{Resp: answer(req.Kind, resp.Code(), body)}
+	res := &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body)}
 	if Success(resp.Code()) {
 		if loc, err := resp.Options().LocationPath(); err == nil && loc != "" {
 			res.Resp.Location = "/" + strings.TrimPrefix(loc, "/")
@@ -450,7 +452,7 @@ func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req,
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
-	res := &Result{Resp: answer(req.Kind, resp.Code(), body), Token: token, Format: format}
+	res := &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body), Token: token, Format: format}
 	if !Success(resp.Code()) {
 		return res, nil
 	}
@@ -504,7 +506,7 @@ func (e *Executor) cancel(ctx context.Context, t Target, req *northbound.Req, to
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
-	return &Result{Resp: answer(req.Kind, resp.Code(), body)}, nil
+	return &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body)}, nil
 }
 
 // CodeName returns the LwM2M response code name of a CoAP code, in

@@ -141,15 +141,10 @@ func compositeFormat(req *northbound.Req) uint16 {
 }
 
 func codeOf(r *devmgmt.Result) codes.Code {
-	if r == nil || r.Resp == nil {
+	if r == nil {
 		return 0
 	}
-	for c := codes.Code(64); c < 96; c++ {
-		if devmgmt.CodeName(c) == r.Resp.Code {
-			return c
-		}
-	}
-	return codes.BadRequest
+	return r.Code
 }
 
 // replaceOlderObservations removes the observations of the same
