@@ -16,6 +16,7 @@ import (
 	"github.com/lwm2mcluster/lwm2m/backend/codec"
 	"github.com/lwm2mcluster/lwm2m/backend/devmgmt"
 	"github.com/lwm2mcluster/lwm2m/backend/node"
+	"github.com/lwm2mcluster/lwm2m/backend/registration"
 	"github.com/lwm2mcluster/lwm2m/backend/store"
 	"github.com/lwm2mcluster/lwm2m/routing/dispatch"
 	"github.com/lwm2mcluster/lwm2m/routing/northbound"
@@ -73,17 +74,11 @@ func (s *sessions) len() int {
 	return len(s.byEP)
 }
 
-// Execute carries a northbound request out on the device of endpoint ep,
-// which this instance owns (dispatch.Executor). ctx bounds it.
-func (s *Server) Execute(ctx context.Context, ep, ticket string, req *northbound.Req) (*northbound.Resp, error) {
-	reg, err := s.cfg.Store.GetByEndpoint(ctx, ep)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, dispatch.ErrNotRegistered
-	}
-	if err != nil {
-		s.m.storeErrors.Inc()
-		return nil, fmt.Errorf("registration store: %w", err)
-	}
+// Execute carries a northbound request out on the device of registration
+// reg, which this instance owns (dispatch.Executor). ctx bounds it.
+func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ticket string, req *northbound.Req) (*northbound.Resp, error) {
+	ep := reg.Endpoint
+	var err error
 	if req.Kind == northbound.KindCancelObserve {
 		return s.cancelObserve(ctx, reg.ID, ep, req)
 	}

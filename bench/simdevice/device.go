@@ -1,5 +1,6 @@
 // Package simdevice is a simulated LwM2M 1.1 client (a device) speaking
-// plain CoAP over UDP, built on go-coap.
+// CoAP over UDP, plain or secured with DTLS 1.2 PSK, built on go-coap and
+// pion/dtls.
 //
 // A Device registers with a server (POST /rd), keeps its registration up to
 // date (POST /rd/{id}) and answers the server's device-management requests
@@ -22,6 +23,14 @@
 // rebinding would, keeping its registration and its observations, whose
 // tokens do not change.
 //
+// With Config.PSK the device runs a DTLS handshake at Start and speaks
+// CoAP over DTLS; the same handler answers the server. With Config.CID it
+// asks for a Connection ID (RFC 9146), and Rebind moves the DTLS session
+// itself to the new port, without a handshake; without one, Rebind opens a
+// new session, resuming the previous one from Config.SessionStore.
+// Handshakes counts full and resumed handshakes, HandshakeFailures the
+// failed ones.
+//
 // A Device keeps no goroutine of its own while idle: go-coap runs the
 // connection, notifications are sent by short-lived goroutines and pmin/pmax
 // use timers. Close (or the end of the context given to Start) stops
@@ -40,6 +49,7 @@ import (
 	"sync"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
@@ -91,10 +101,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Conn, if set, is the UDP socket Start uses instead of dialing
 	// Server. It must be connected to the server (net.DialUDP); the
-	// Device owns it and closes it.
+	// Device owns it and closes it (also when the DTLS handshake fails;
+	// a later Start then dials).
 	Conn *net.UDPConn
 	// Dial, if set, opens the device's sockets: at Start when Conn is
-	// nil, and at every Rebind. Default: net.DialUDP to Server.
+	// nil, and at every Rebind (also with DTLS, where the session runs
+	// over them). Default: net.DialUDP to Server.
 	Dial func(ctx context.Context, server string) (*net.UDPConn, error)
 	// NonConfirmable makes notifications non-confirmable. By default they
 	// are confirmable, retransmitted by go-coap until acknowledged.
@@ -105,6 +117,36 @@ type Config struct {
 	// ACKTimeout is the CoAP ACK_TIMEOUT for the device's confirmable
 	// messages; default 2 s (go-coap's default).
 	ACKTimeout time.Duration
+
+	// PSK, when not nil, makes the device speak CoAP over DTLS 1.2 with
+	// this pre-shared key and PSKIdentity (the server's security info of
+	// the endpoint must match). The sockets still come from Conn and Dial.
+	// Without Objects, the default Security object holds the identity and
+	// the key, in PSK mode, and the URI coaps://Server.
+	PSK         []byte
+	PSKIdentity string
+	// CipherSuites are the PSK cipher suites offered; default
+	// DefaultCipherSuites.
+	CipherSuites []piondtls.CipherSuiteID
+	// CID asks the server for a DTLS Connection ID (RFC 9146) that the
+	// device sends in its records (it asks for none in return). With one,
+	// Rebind keeps the DTLS session on the new socket.
+	CID bool
+	// SessionStore keeps the client side of DTLS sessions for resumption:
+	// a device offers its last session when it opens a new one (at a
+	// Rebind without CID, or a new Start of a fleet's device), and the
+	// server, which shares its sessions across the cluster, answers with
+	// an abbreviated handshake. Keys are prefixed with PSKIdentity, so
+	// one store can serve many devices. Default: a SessionCache of the
+	// device's own; see NoResumption.
+	SessionStore piondtls.SessionStore
+	// NoResumption disables session resumption: every handshake is a
+	// full one.
+	NoResumption bool
+	// HandshakeTimeout bounds a DTLS handshake; default
+	// DefaultHandshakeTimeout. A wrong key shows as a timeout, since the
+	// server drops the Finished it cannot decrypt.
+	HandshakeTimeout time.Duration
 }
 
 // Op is a kind of request the device handles.
@@ -173,6 +215,11 @@ type Device struct {
 	counts     [numOps]int
 	last       Request
 	cc         *client.Conn
+	sec        *secureSession // the DTLS session of cc, nil in plain CoAP
+	sessions   piondtls.SessionStore
+	hsFull     int
+	hsResumed  int
+	hsFailed   int
 	regID      string
 	regLt      int64  // lifetime sent at the last Register/Update
 	regBinding string // binding sent at the last Register/Update
@@ -209,7 +256,12 @@ func New(cfg Config) *Device {
 	}
 	objs := cfg.Objects
 	if objs == nil {
-		objs = DefaultObjects(cfg.Endpoint, "coap://"+cfg.Server, cfg.Lifetime, cfg.Binding)
+		if cfg.PSK != nil {
+			objs = DefaultObjects(cfg.Endpoint, "coaps://"+cfg.Server, cfg.Lifetime, cfg.Binding)
+			pskSecurity(objs, cfg.PSKIdentity, cfg.PSK)
+		} else {
+			objs = DefaultObjects(cfg.Endpoint, "coap://"+cfg.Server, cfg.Lifetime, cfg.Binding)
+		}
 	}
 	d := &Device{
 		cfg:  cfg,
@@ -223,8 +275,30 @@ func New(cfg Config) *Device {
 		d.st.objs[i] = cloneObject(o)
 		node.Sort(&d.st.objs[i])
 	}
+	if cfg.PSK != nil && !cfg.NoResumption {
+		d.sessions = cfg.SessionStore
+		if d.sessions == nil {
+			d.sessions = NewSessionCache()
+		}
+	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d
+}
+
+// pskSecurity sets the Security instance /0/0 of objs to PSK mode with the
+// identity and key.
+func pskSecurity(objs []node.Object, identity string, key []byte) {
+	for i := range objs {
+		if objs[i].ID != 0 {
+			continue
+		}
+		for j := range objs[i].Instances {
+			in := &objs[i].Instances[j]
+			setResource(in, node.NewSingle(2, node.IntValue(0))) // PSK
+			setResource(in, node.NewSingle(3, node.OpaqueValue([]byte(identity))))
+			setResource(in, node.NewSingle(5, node.OpaqueValue(key)))
+		}
+	}
 }
 
 // Endpoint returns the device's endpoint name.
@@ -235,7 +309,9 @@ func (d *Device) Endpoint() string { return d.cfg.Endpoint }
 func (d *Device) Registry() *model.Registry { return d.reg }
 
 // Start opens the device's UDP socket and starts serving the server's
-// requests on it. The device closes itself when ctx is done.
+// requests on it. With a PSK, it first runs the DTLS handshake (resuming a
+// session of the SessionStore if it can); ctx bounds it. The device closes
+// itself when ctx is done.
 func (d *Device) Start(ctx context.Context) error {
 	d.mu.Lock()
 	if d.closed {
@@ -259,14 +335,28 @@ func (d *Device) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	cc := d.newClient(conn)
+	var sec *secureSession
+	var cc *client.Conn
+	if d.secure() {
+		var err error
+		if sec, err = d.handshake(ctx, conn); err != nil {
+			d.mu.Lock()
+			d.started = false
+			d.cfg.Conn = nil // closed by the failed handshake; a new Start dials
+			d.mu.Unlock()
+			return err
+		}
+		cc = sec.cc
+	} else {
+		cc = d.newClient(conn)
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		_ = cc.Close()
 		return ErrClosed
 	}
-	d.cc = cc
+	d.cc, d.sec = cc, sec
 	d.stopCtx = context.AfterFunc(ctx, func() { _ = d.Close() })
 	d.mu.Unlock()
 	d.log.Debug("simdevice started", "local", conn.LocalAddr(), "server", conn.RemoteAddr())
@@ -293,11 +383,17 @@ func (d *Device) dial(ctx context.Context) (*net.UDPConn, error) {
 }
 
 func (d *Device) newClient(conn *net.UDPConn) *client.Conn {
+	return udp.Client(conn, d.clientOptions()...)
+}
+
+// clientOptions are the go-coap options of the device's connection, plain
+// or DTLS.
+func (d *Device) clientOptions() []udp.Option {
 	ackTimeout := d.cfg.ACKTimeout
 	if ackTimeout <= 0 {
 		ackTimeout = 2 * time.Second
 	}
-	return udp.Client(conn,
+	return []udp.Option{
 		options.WithHandlerFunc(client.HandlerFunc(d.handle)),
 		options.WithCloseSocket(),
 		// Without blockwise, go-coap sends a notification with the
@@ -307,7 +403,7 @@ func (d *Device) newClient(conn *net.UDPConn) *client.Conn {
 		options.WithContext(d.ctx),
 		options.WithTransmission(1, ackTimeout, 4),
 		options.WithErrors(func(err error) { d.log.Debug("simdevice: coap", "err", err) }),
-	)
+	}
 }
 
 // conn returns the current connection.
@@ -337,6 +433,16 @@ func (d *Device) LocalAddr() net.Addr {
 // local port), as a NAT rebinding would. The registration and the
 // observations, with their tokens, are kept; the next message the device
 // sends (a notification, an Update) comes from the new port.
+//
+// Over DTLS with a Connection ID (Config.CID, and the server gave one),
+// the DTLS session moves to the new socket as it is: no handshake, the
+// server finds the session by its CID and follows the new address once a
+// record arrives from it. Datagrams in flight to the old port are lost, as
+// behind a NAT (confirmable messages are retransmitted). Without a CID,
+// Rebind opens a new session from the new socket, resuming the old one
+// from the SessionStore when the server still has it (see Handshakes),
+// then closes the old session (close_notify); if the handshake fails, the
+// device stays on its old session and Rebind returns the error.
 func (d *Device) Rebind(ctx context.Context) error {
 	if _, err := d.conn(); err != nil {
 		return err
@@ -345,7 +451,25 @@ func (d *Device) Rebind(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cc := d.newClient(conn)
+	d.mu.Lock()
+	sec := d.sec
+	d.mu.Unlock()
+	if sec != nil && sec.cid {
+		if err := sec.rc.rebind(conn); err != nil {
+			return ErrClosed
+		}
+		d.log.Debug("simdevice rebound, same DTLS session", "local", conn.LocalAddr())
+		return nil
+	}
+	var cc *client.Conn
+	if d.secure() {
+		if sec, err = d.handshake(ctx, conn); err != nil {
+			return err
+		}
+		cc = sec.cc
+	} else {
+		cc = d.newClient(conn)
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -353,7 +477,7 @@ func (d *Device) Rebind(ctx context.Context) error {
 		return ErrClosed
 	}
 	old := d.cc
-	d.cc = cc
+	d.cc, d.sec = cc, sec
 	d.mu.Unlock()
 	d.log.Debug("simdevice rebound", "local", conn.LocalAddr())
 	if err := old.Close(); err != nil {

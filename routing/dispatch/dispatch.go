@@ -58,7 +58,9 @@ var (
 
 // Executor carries a request out on a device this instance owns.
 type Executor interface {
-	Execute(ctx context.Context, ep, ticket string, req *northbound.Req) (*northbound.Resp, error)
+	// Execute carries req out on the device of reg, for the request with
+	// the given ticket.
+	Execute(ctx context.Context, reg *registration.Registration, ticket string, req *northbound.Req) (*northbound.Resp, error)
 }
 
 // State is the shared state the dispatcher reads (store.Store has it).
@@ -196,7 +198,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg northbound.Message) {
 	log := d.log.With("ticket", req.Ticket, "ep", req.Endpoint, "kind", req.Req.Kind)
 
 	sctx, cancel := context.WithTimeout(ctx, d.cfg.StoreTimeout)
-	_, err = d.cfg.State.GetByEndpoint(sctx, req.Endpoint)
+	reg, err := d.cfg.State.GetByEndpoint(sctx, req.Endpoint)
 	var owner string
 	if err == nil {
 		owner, err = d.cfg.State.Owner(sctx, req.Endpoint)
@@ -215,7 +217,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg northbound.Message) {
 		return
 	}
 	if owner == d.cfg.InstanceID {
-		d.execute(ctx, req, log)
+		d.execute(ctx, req, reg, log)
 		return
 	}
 	alive := owner != "" && d.isMember(ctx, owner)
@@ -249,7 +251,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg northbound.Message) {
 }
 
 // execute carries out a request on a device this instance owns.
-func (d *Dispatcher) execute(ctx context.Context, req *northbound.Request, log *slog.Logger) {
+func (d *Dispatcher) execute(ctx context.Context, req *northbound.Request, reg *registration.Registration, log *slog.Logger) {
 	timeout := time.Duration(req.Req.TimeoutMs()) * time.Millisecond
 	won, err := d.claim(ctx, req.Ticket, timeout+claimMargin)
 	if err != nil {
@@ -265,7 +267,7 @@ func (d *Dispatcher) execute(ctx context.Context, req *northbound.Request, log *
 	start := d.now()
 	d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Ack: true})
 	ectx, cancel := context.WithTimeout(ctx, timeout)
-	resp, err := d.cfg.Exec.Execute(ectx, req.Endpoint, req.Ticket, &req.Req)
+	resp, err := d.cfg.Exec.Execute(ectx, reg, req.Ticket, &req.Req)
 	timedOut := ectx.Err() == context.DeadlineExceeded
 	cancel()
 	d.m.duration.WithLabelValues(req.Req.Kind).Observe(d.now().Sub(start).Seconds())

@@ -28,7 +28,7 @@ type fakeExec struct {
 	err   error
 }
 
-func (f *fakeExec) Execute(ctx context.Context, ep, ticket string, req *northbound.Req) (*northbound.Resp, error) {
+func (f *fakeExec) Execute(ctx context.Context, reg *registration.Registration, ticket string, req *northbound.Req) (*northbound.Resp, error) {
 	f.calls.Add(1)
 	select {
 	case <-time.After(f.delay):
