@@ -461,15 +461,7 @@ func TestNorthboundFailover(t *testing.T) {
 		"fo-2": startServer(t, "fo-2", rds.URL, args...),
 	}
 	lb := startLB(t, "--discover", rds.URL, "--mode", "proxy")
-	lb.waitBackends(t, "two backends up", func(bs []backendStatus) bool {
-		up := 0
-		for _, b := range bs {
-			if b.State == "up" {
-				up++
-			}
-		}
-		return up == 2
-	})
+	lb.waitUp(t, 2)
 	regs := subscribe(t, rds.Addr, "LESHAN_REG_NEW", "LESHAN_REG_UP")
 	peer := newBackendPeer(t, rds.Addr)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -66,6 +66,20 @@ func (lb *lwm2mLB) waitBackends(t *testing.T, what string, cond func([]backendSt
 	}
 }
 
+// waitUp waits until n backends are up.
+func (lb *lwm2mLB) waitUp(t *testing.T, n int) {
+	t.Helper()
+	lb.waitBackends(t, fmt.Sprintf("%d backends up", n), func(bs []backendStatus) bool {
+		up := 0
+		for _, b := range bs {
+			if b.State == "up" {
+				up++
+			}
+		}
+		return up == n
+	})
+}
+
 func metric(t *testing.T, admin, name string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + admin + "/metrics")
@@ -97,15 +111,7 @@ func TestLBProxyCluster(t *testing.T) {
 		servers[id] = startServer(t, id, rds.URL, proxyArgs...)
 	}
 	lb := startLB(t, "--discover", rds.URL, "--mode", "proxy")
-	lb.waitBackends(t, "three discovered backends up", func(bs []backendStatus) bool {
-		up := 0
-		for _, b := range bs {
-			if b.State == "up" {
-				up++
-			}
-		}
-		return up == 3
-	})
+	lb.waitUp(t, 3)
 	sub := subscribe(t, rds.Addr, "LESHAN_REG_NEW", "LESHAN_REG_UP")
 
 	const n = 24
