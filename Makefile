@@ -4,7 +4,7 @@ BIN     := bin
 CMDS    := $(notdir $(wildcard cmd/*))
 GOFLAGS ?=
 
-.PHONY: all build run test test-short lint fuzz bench deps clean
+.PHONY: all build run test test-short lint fuzz bench bench-go deps clean
 
 all: build
 
@@ -40,8 +40,19 @@ fuzz:
 		done; \
 	done
 
-bench: deps
+# Go micro-benchmarks (no unit tests).
+bench-go: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Device-fleet comparison (bench/compare): the same fleet against one
+# lwm2m-server, three behind lwm2m-lb (proxy and nat modes) and three behind
+# nginx's stream UDP proxy, on loopback; prints the table and writes
+# bin/bench-report.html and bin/bench-report.json. BENCHFLAGS adds flags, e.g.
+# BENCHFLAGS='--scenario failover' or BENCHFLAGS='--devices 10000 --ramp 20s'.
+BENCHFLAGS ?=
+bench: deps build
+	./$(BIN)/lwm2m-bench --compare --devices 2000 --ramp 5s --duration 20s \
+		--report $(BIN)/bench-report.json --html $(BIN)/bench-report.html $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)
