@@ -296,11 +296,18 @@ func (a *App) startService(ctx context.Context, cfg Config, s Service) (*running
 			cidLen = DefaultCIDLen
 		}
 	}
+	hc := health.Config{Interval: time.Duration(cfg.HealthInterval), Timeout: time.Duration(cfg.HealthTimeout), Rise: cfg.Rise, Fall: cfg.Fall}
+	if s.DTLS {
+		// In nat mode the backends are bare DTLS servers, which answer a
+		// ClientHello but no CoAP ping; in proxy mode the balancer pings
+		// behind a PROXY LOCAL header, which lwm2m-server answers on its
+		// CoAPS port too.
+		hc.Probe = health.ProbeDTLSHello
+	}
 	b, err := balancer.New(balancer.Config{
 		Name: s.Name, Listen: listen, Mode: mode, Workers: cfg.Workers, CIDLen: cidLen,
 		FlowIdleTimeout: time.Duration(cfg.FlowIdleTimeout), MaxFlows: cfg.MaxFlows, MaglevSize: cfg.MaglevSize,
-		Health: health.Config{Interval: time.Duration(cfg.HealthInterval), Timeout: time.Duration(cfg.HealthTimeout), Rise: cfg.Rise, Fall: cfg.Fall},
-		Logger: a.log, Registerer: reg,
+		Health: hc, Logger: a.log, Registerer: reg,
 	})
 	if err != nil {
 		return nil, err

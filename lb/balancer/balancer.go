@@ -101,7 +101,12 @@ type Config struct {
 	// record carries a Connection ID of this length (RFC 9146) goes to the
 	// backend whose node id starts the CID, whatever its source address.
 	CIDLen int
-	// Health configures the health checks (ProxyLocal is set by Mode).
+	// Health configures the health checks. Its Probe and ProxyLocal are
+	// set by Mode: in proxy mode, a CoAP ping behind a PROXY v2 LOCAL
+	// header, which lwm2m-server's listener answers on its CoAP and CoAPS
+	// ports alike; in nat mode, Health.Probe as given, except that a DTLS
+	// service (CIDLen not 0) always uses health.ProbeDTLSHello, since a
+	// DTLS server answers no plain CoAP on its port.
 	Health health.Config
 	Logger *slog.Logger
 	// Registerer registers the service's metrics (labelled service=Name).
@@ -151,6 +156,9 @@ type Balancer struct {
 	builder *maglev.Builder
 	checker *health.Checker
 	m       *metrics
+	// probe and proxyLocal are the health checks' probe.
+	probe      health.Probe
+	proxyLocal bool
 
 	snap atomic.Pointer[snapshot]
 
@@ -220,6 +228,12 @@ func New(cfg Config) (*Balancer, error) {
 	b.m = newMetrics(cfg.Registerer, cfg.Name, b)
 	hc := cfg.Health
 	hc.ProxyLocal = cfg.Mode == ModeProxy
+	switch {
+	case cfg.Mode == ModeProxy:
+		hc.Probe = health.ProbeCoAPPing
+	case cfg.CIDLen != 0:
+		hc.Probe = health.ProbeDTLSHello
+	}
 	hc.Logger = b.log
 	hc.OnChange = func(health.State) { b.rebuild() }
 	if cfg.Registerer != nil {
@@ -228,6 +242,7 @@ func New(cfg Config) (*Balancer, error) {
 	if b.checker, err = health.New(hc); err != nil {
 		return nil, fmt.Errorf("balancer: health checks: %w", err)
 	}
+	b.probe, b.proxyLocal = hc.Probe, hc.ProxyLocal
 	if cfg.Mode == ModeNAT {
 		b.nat = newNATTable(b)
 	}
@@ -418,6 +433,12 @@ func (b *Balancer) Backends() []BackendStatus {
 	return out
 }
 
+// HealthProbe returns the kind of probe the health checks send and whether
+// it goes behind a PROXY v2 LOCAL header.
+func (b *Balancer) HealthProbe() (probe health.Probe, proxyLocal bool) {
+	return b.probe, b.proxyLocal
+}
+
 // Addrs returns the bound service addresses (after Run has started).
 func (b *Balancer) Addrs() []netip.AddrPort {
 	b.mu.Lock()
@@ -465,7 +486,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 			b.workers = append(b.workers, w)
 			b.mu.Unlock()
 		}
-		b.log.Info("listening", "addr", bind, "mode", string(b.cfg.Mode), "workers", b.cfg.Workers)
+		b.log.Info("listening", "addr", bind, "mode", string(b.cfg.Mode), "workers", b.cfg.Workers, "healthProbe", b.probe.String())
 	}
 	b.mu.Lock()
 	vc := make(map[netip.AddrPort]*net.UDPConn, len(b.conns))

@@ -308,7 +308,11 @@ func TestAddBackendMovesNoFlow(t *testing.T) {
 	}
 	e := startEcho(t, "127.0.1.9", true)
 	f.b.SetBackends([]Backend{{Addr: f.echoes[0].addr()}, {Addr: f.echoes[1].addr()}, {Addr: e.addr()}})
-	waitFor(t, "new backend up", func() bool { return len(f.b.Backends()) == 3 && f.b.Backends()[2].State == "up" })
+	// Up in the health checks, then in the published Maglev table (the
+	// rebuild that follows the transition takes a few milliseconds).
+	waitFor(t, "new backend up", func() bool {
+		return len(f.b.Backends()) == 3 && f.b.Backends()[2].State == "up" && len(f.b.snap.Load().tableIDs) == 3
+	})
 	for i, c := range cs {
 		if name, _ := ask(t, c, f.vip, fmt.Sprint(i)); name != first[c] {
 			t.Fatalf("client %d moved from %s to %s when a backend was added", i, first[c], name)

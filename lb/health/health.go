@@ -1,12 +1,26 @@
 // Package health runs active health checks of UDP CoAP backends, the way a
 // load balancer such as keepalived (for LVS) or HAProxy does.
 //
-// A [Checker] probes every target once per interval with a CoAP ping, an
-// empty confirmable message (RFC 7252, section 4.3), optionally prefixed with
-// a PROXY protocol v2 LOCAL header for backends that sit behind a balancer in
-// proxy mode. A probe succeeds when a CoAP reset with the probe's message id
-// comes back from the target's address, with or without a PROXY v2 header,
-// within the timeout. Every other datagram is ignored and counted.
+// A [Checker] probes every target once per interval with one of two probes
+// ([Config.Probe]):
+//
+//   - [ProbeCoAPPing], a CoAP ping, an empty confirmable message (RFC 7252,
+//     section 4.3), optionally prefixed with a PROXY protocol v2 LOCAL header
+//     for backends that sit behind a balancer in proxy mode. A probe succeeds
+//     when a CoAP reset with the probe's message id comes back from the
+//     target's address, with or without a PROXY v2 header, within the
+//     timeout.
+//   - [ProbeDTLSHello], for CoAP-over-DTLS servers reached directly, which do
+//     not answer plain CoAP on their DTLS port: a DTLS 1.2 ClientHello. A
+//     probe succeeds when the target's address answers within the timeout
+//     with a HelloVerifyRequest (servers with cookies on, RFC 6347 section
+//     4.2.1: stateless, no key looked up), a ServerHello (cookies off) or a
+//     plaintext alert. An alert counts as alive on purpose: it proves that a
+//     DTLS server runs on the port, which is what is checked, even if it
+//     refuses the probe's cipher suites (handshake_failure). See
+//     [ProbeDTLSHello] for how answers are matched to probes.
+//
+// Every other datagram is ignored and counted.
 //
 // Each target's state follows the usual rise/fall rules. A new target is
 // unknown and is probed as soon as it is added; its first success makes it
@@ -24,6 +38,7 @@ package health
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -58,6 +73,54 @@ var (
 	// running.
 	ErrRunning = errors.New("health: checker already running")
 )
+
+// Probe is the kind of probe a [Checker] sends.
+type Probe uint8
+
+// Probes.
+const (
+	// ProbeCoAPPing sends a CoAP ping (behind a PROXY v2 LOCAL header with
+	// Config.ProxyLocal) and expects a CoAP reset with its message id.
+	ProbeCoAPPing Probe = iota
+	// ProbeDTLSHello sends a DTLS 1.2 ClientHello (PSK and ECDHE-ECDSA
+	// cipher suites, no cookie) and expects a HelloVerifyRequest, a
+	// ServerHello or an alert.
+	//
+	// Every probe of a checker carries the same ClientHello, so that a
+	// server keeping per-peer handshake state (pion/dtls) takes a repeated
+	// probe for a retransmission and answers it again, and record
+	// sequence numbers that increase from probe to probe (DTLS replay
+	// detection drops a record whose number it has seen or that is far
+	// behind). The low 16 bits of the sequence number are the probe id: a
+	// server that echoes the ClientHello's sequence number in its
+	// HelloVerifyRequest, as RFC 6347 (section 4.2.1) recommends, answers
+	// the probe with its id, and its late answers to earlier probes are
+	// told apart. A server that numbers its own records (pion) cannot be
+	// matched that way; its answer is taken for the target's probe in
+	// flight when it comes from the target's address. Both ways, at most
+	// one probe per target is in flight.
+	//
+	// After a HelloVerifyRequest or a ServerHello that answers a probe, the
+	// checker sends the server a fatal user_canceled alert, so that it
+	// drops the handshake at once: a server keeping per-peer handshake
+	// state (pion keeps a session per peer until its handshake times out,
+	// and retransmits its ServerHello flight meanwhile) spends nothing on
+	// the probe beyond the round trip, and the next probe starts a new
+	// handshake. A stateless server drops the alert, which belongs to no
+	// session.
+	ProbeDTLSHello
+)
+
+// String returns "coap-ping" or "dtls-hello".
+func (p Probe) String() string {
+	switch p {
+	case ProbeCoAPPing:
+		return "coap-ping"
+	case ProbeDTLSHello:
+		return "dtls-hello"
+	}
+	return fmt.Sprintf("Probe(%d)", uint8(p))
+}
 
 // Target is a backend to check.
 type Target struct {
@@ -106,8 +169,11 @@ type Config struct {
 	// Fall is the number of consecutive failures that make a healthy or
 	// unknown target unhealthy.
 	Fall int
+	// Probe is the kind of probe; the zero value is ProbeCoAPPing.
+	Probe Probe
 	// ProxyLocal prefixes each ping with a PROXY v2 LOCAL header, for
-	// backends behind a balancer in proxy mode.
+	// backends behind a balancer in proxy mode. It applies only to
+	// ProbeCoAPPing.
 	ProxyLocal bool
 	// LocalAddr is the address the probe socket binds to. The zero value
 	// binds to an ephemeral port on all addresses, dual-stack where the
@@ -141,14 +207,26 @@ type Checker struct {
 	cfg     Config
 	log     *slog.Logger
 	m       *metrics
-	ping    []byte        // probe template; the last two bytes are the message id
+	tmpl    []byte        // probe template
+	idOff   int           // offset of the CoAP message id in tmpl
 	wake    chan struct{} // tells Run that the targets changed
 	running atomic.Bool
 
+	// seqBase is the first record sequence number of DTLS probes, random
+	// in [2^40, 2^41): far above the numbers a server gives its own
+	// records, so that an echo of an earlier probe is recognised, and far
+	// below 2^48, which a checker sending a million records a second
+	// would reach in seven years.
+	seqBase uint64
+
 	mu      sync.RWMutex
 	targets map[string]*target
-	// pending maps the message id of each probe in flight to its target.
+	// pending maps the id of each probe in flight (the CoAP message id, or
+	// the low 16 bits of the DTLS record sequence number) to its target.
 	pending map[uint16]*target
+	// seq is the sequence number of the latest DTLS record sent.
+	seq   uint64
+	alert []byte // buffer for the alerts that end DTLS handshakes
 }
 
 // target is the checker's record of one target. Its fields are guarded by
@@ -160,7 +238,8 @@ type target struct {
 	next time.Time      // when to send the next probe; zero: at once
 
 	inFlight bool
-	mid      uint16    // message id of the probe in flight
+	id       uint16    // id of the probe in flight
+	seq      uint64    // its DTLS record sequence number (ProbeDTLSHello)
 	sent     time.Time // when it was sent
 }
 
@@ -187,6 +266,15 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.LocalAddr.IsValid() && cfg.LocalAddr.Addr().Zone() != "" {
 		return nil, fmt.Errorf("%w: local address %v has a zone", ErrConfig, cfg.LocalAddr)
 	}
+	switch cfg.Probe {
+	case ProbeCoAPPing:
+	case ProbeDTLSHello:
+		if cfg.ProxyLocal {
+			return nil, fmt.Errorf("%w: ProxyLocal applies only to the CoAP ping", ErrConfig)
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown probe %v", ErrConfig, cfg.Probe)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -194,20 +282,29 @@ func New(cfg Config) (*Checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ping []byte
-	if cfg.ProxyLocal {
-		ping = proxyv2.AppendHeader(ping, proxyv2.Local, netip.AddrPort{}, netip.AddrPort{})
-	}
-	ping = peek.AppendCoAPPing(ping, 0)
-	return &Checker{
+	c := &Checker{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		m:       m,
-		ping:    ping,
 		wake:    make(chan struct{}, 1),
 		targets: map[string]*target{},
 		pending: map[uint16]*target{},
-	}, nil
+	}
+	switch cfg.Probe {
+	case ProbeCoAPPing:
+		if cfg.ProxyLocal {
+			c.tmpl = proxyv2.AppendHeader(c.tmpl, proxyv2.Local, netip.AddrPort{}, netip.AddrPort{})
+		}
+		c.tmpl = peek.AppendCoAPPing(c.tmpl, 0)
+		c.idOff = len(c.tmpl) - 2
+	case ProbeDTLSHello:
+		var random [32]byte
+		crand.Read(random[:]) // never fails
+		c.tmpl = peek.AppendDTLSClientHello(nil, &random, 0)
+		c.seqBase = 1<<40 + rand.Uint64N(1<<40)
+		c.seq = c.seqBase - 1
+	}
+	return c, nil
 }
 
 // SetTargets replaces the set of targets. A target whose ID and address are
@@ -238,7 +335,7 @@ func (c *Checker) SetTargets(ts []Target) {
 	}
 	for id, t := range old {
 		if t.inFlight {
-			delete(c.pending, t.mid)
+			delete(c.pending, t.id)
 		}
 		if _, ok := c.targets[id]; !ok {
 			c.m.deleteUp(id)
@@ -272,10 +369,12 @@ func (c *Checker) States() []State {
 	return s
 }
 
-// reply is a CoAP reset received by the read loop.
+// reply is an answer to a probe received by the read loop.
 type reply struct {
 	from netip.AddrPort // canonical
-	mid  uint16
+	id   uint16         // CoAP message id, or low 16 bits of seq
+	seq  uint64         // DTLS record sequence number
+	dtls peek.DTLSHelloAnswer
 	at   time.Time
 }
 
@@ -321,7 +420,7 @@ func (c *Checker) Run(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 
-	buf := make([]byte, 0, len(c.ping))
+	buf := make([]byte, 0, len(c.tmpl))
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var changes []State
@@ -331,7 +430,7 @@ func (c *Checker) Run(ctx context.Context) error {
 		for {
 			select {
 			case r := <-replies:
-				changes = c.handleReply(r, changes)
+				changes = c.handleReply(conn, r, changes)
 			default:
 				break drain
 			}
@@ -352,7 +451,7 @@ func (c *Checker) Run(ctx context.Context) error {
 			case r := <-replies:
 				// An answer only cancels a timeout: no need to
 				// walk the targets.
-				changes = c.notify(c.handleReply(r, changes))
+				changes = c.notify(c.handleReply(conn, r, changes))
 			case <-c.wake:
 				break wait
 			case <-timer.C:
@@ -370,11 +469,13 @@ func (c *Checker) clearPending() {
 	clear(c.pending)
 }
 
-// read reads the socket until it is closed and passes the CoAP resets it
-// receives to out. Anything else is counted as a bad reply.
+// read reads the socket until it is closed and passes the answers to probes
+// it receives to out. Anything else is counted as a bad reply.
 func (c *Checker) read(ctx context.Context, conn *net.UDPConn, out chan<- reply) {
-	// Large enough for a reset behind a PROXY header with a few TLVs;
-	// anything longer is not an answer to a probe.
+	// Large enough for a reset behind a PROXY header with a few TLVs and
+	// for a HelloVerifyRequest or the ServerHello at the start of a
+	// datagram; a longer datagram is read truncated, which leaves its
+	// first record whole.
 	buf := make([]byte, 2048)
 	for {
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
@@ -394,6 +495,19 @@ func (c *Checker) read(ctx context.Context, conn *net.UDPConn, out chan<- reply)
 			continue
 		}
 		p := buf[:n]
+		if c.cfg.Probe == ProbeDTLSHello {
+			a, seq := peek.ParseDTLSHelloAnswer(p)
+			if a == peek.NotDTLSHelloAnswer {
+				c.badReply(from, "not an answer to a DTLS ClientHello", nil)
+				continue
+			}
+			select {
+			case out <- reply{from: canonical(from), id: uint16(seq), seq: seq, dtls: a, at: at}:
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
 		if _, payload, err := proxyv2.Parse(p); err == nil {
 			p = payload
 		} else if err != proxyv2.ErrNoSignature {
@@ -405,7 +519,7 @@ func (c *Checker) read(ctx context.Context, conn *net.UDPConn, out chan<- reply)
 			continue
 		}
 		select {
-		case out <- reply{from: canonical(from), mid: binary.BigEndian.Uint16(p[2:]), at: at}:
+		case out <- reply{from: canonical(from), id: binary.BigEndian.Uint16(p[2:]), at: at}:
 		case <-ctx.Done():
 			return
 		}
@@ -420,27 +534,57 @@ func (c *Checker) badReply(from netip.AddrPort, why string, err error) {
 	}
 }
 
-// handleReply matches a reset to its probe and appends the resulting
+// appendAlert appends a plaintext fatal user_canceled alert record (epoch
+// 0) with the next sequence number to b. c.mu must be held.
+func (c *Checker) appendAlert(b []byte) []byte {
+	const userCanceled = 90
+	c.seq++
+	seq := c.seq
+	return append(b, peek.ContentAlert, 0xFE, 0xFD, 0, 0,
+		byte(seq>>40), byte(seq>>32), byte(seq>>24), byte(seq>>16), byte(seq>>8), byte(seq),
+		0, 2, 2, userCanceled)
+}
+
+// handleReply matches an answer to its probe and appends the resulting
 // transition, if any, to changes.
-func (c *Checker) handleReply(r reply, changes []State) []State {
+func (c *Checker) handleReply(conn *net.UDPConn, r reply, changes []State) []State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := c.pending[r.mid]
-	switch {
-	case t == nil:
-		c.badReply(r.from, "no probe in flight with this message id", nil)
-		return changes
-	case r.from != t.src:
-		c.badReply(r.from, "reset from another address than the target's", nil)
-		return changes
-	case r.at.Sub(t.sent) > c.cfg.Timeout:
+	var t *target
+	if c.cfg.Probe == ProbeDTLSHello {
+		if t = c.matchDTLS(r); t == nil {
+			return changes
+		}
+		if r.dtls != peek.DTLSAlert {
+			// The server may keep state for the handshake until it
+			// times out: end it.
+			c.alert = c.appendAlert(c.alert[:0])
+			if _, err := conn.WriteToUDPAddrPort(c.alert, t.dst); err != nil {
+				c.log.Debug("health check: send alert", "backend", t.st.ID, "err", err)
+			}
+		}
+	} else {
+		t = c.pending[r.id]
+		switch {
+		case t == nil:
+			c.badReply(r.from, "no probe in flight with this message id", nil)
+			return changes
+		case r.from != t.src:
+			c.badReply(r.from, "reset from another address than the target's", nil)
+			return changes
+		}
+	}
+	if r.at.Sub(t.sent) > c.cfg.Timeout {
 		// The timeout is about to be handled.
-		c.badReply(r.from, "late reset", nil)
+		c.badReply(r.from, "late answer", nil)
 		return changes
 	}
-	delete(c.pending, r.mid)
+	delete(c.pending, t.id)
 	t.inFlight = false
 	c.m.check(resultOK)
+	if r.dtls != peek.NotDTLSHelloAnswer && c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.Debug("health check: DTLS answer", "backend", t.st.ID, "answer", r.dtls.String(), "seq", r.seq, "echo", r.seq == t.seq)
+	}
 	t.st.LastRTT = r.at.Sub(t.sent)
 	t.st.LastError = ""
 	t.st.Failures = 0
@@ -449,6 +593,28 @@ func (c *Checker) handleReply(r reply, changes []State) []State {
 		changes = append(changes, c.transition(t, true, r.at))
 	}
 	return changes
+}
+
+// matchDTLS returns the target whose probe a DTLS answer answers, or nil
+// after counting it as a bad reply. c.mu must be held.
+func (c *Checker) matchDTLS(r reply) *target {
+	if t := c.pending[r.id]; t != nil && t.seq == r.seq && t.src == r.from {
+		return t // the server echoed the probe's sequence number
+	}
+	// The server numbers its own records, or echoes an earlier probe:
+	// find the probe in flight to its address.
+	for _, t := range c.pending {
+		if t.src != r.from {
+			continue
+		}
+		if r.seq >= c.seqBase && r.seq < t.seq {
+			c.badReply(r.from, "answer to an earlier probe", nil)
+			return nil
+		}
+		return t
+	}
+	c.badReply(r.from, "no probe in flight to this address", nil)
+	return nil
 }
 
 // fail records a failed probe of t and appends the resulting transition, if
@@ -489,7 +655,7 @@ func (c *Checker) step(conn *net.UDPConn, now time.Time, changes []State, buf []
 	}
 	for _, t := range c.targets {
 		if t.inFlight && !now.Before(t.sent.Add(c.cfg.Timeout)) {
-			delete(c.pending, t.mid)
+			delete(c.pending, t.id)
 			t.inFlight = false
 			changes = c.fail(t, now, resultTimeout, "no answer within "+c.cfg.Timeout.String(), changes)
 		}
@@ -511,23 +677,45 @@ func (c *Checker) step(conn *net.UDPConn, now time.Time, changes []State, buf []
 	return changes, wake, buf
 }
 
-// probe sends a ping to t. c.mu must be held.
+// probe sends a probe to t. c.mu must be held.
 func (c *Checker) probe(conn *net.UDPConn, t *target, buf []byte, changes []State) ([]byte, []State) {
 	now := time.Now()
 	if !t.dst.IsValid() || t.dst.Port() == 0 {
 		return buf, c.fail(t, now, resultSendError, "invalid address "+t.st.Addr.String(), changes)
 	}
-	mid := c.newMID(t.mid)
-	buf = append(buf[:0], c.ping...)
-	binary.BigEndian.PutUint16(buf[len(buf)-2:], mid)
+	buf = append(buf[:0], c.tmpl...)
+	var id uint16
+	var seq uint64
+	if c.cfg.Probe == ProbeDTLSHello {
+		seq = c.newSeq()
+		id = uint16(seq)
+		// The 48-bit sequence number; its low 16 bits are the id.
+		binary.BigEndian.PutUint16(buf[peek.DTLSSeqOffset:], uint16(seq>>32))
+		binary.BigEndian.PutUint32(buf[peek.DTLSSeqOffset+2:], uint32(seq))
+	} else {
+		id = c.newMID(t.id)
+		binary.BigEndian.PutUint16(buf[c.idOff:], id)
+	}
 	if _, err := conn.WriteToUDPAddrPort(buf, t.dst); err != nil {
 		return buf, c.fail(t, now, resultSendError, "send: "+err.Error(), changes)
 	}
 	t.inFlight = true
-	t.mid = mid
+	t.id = id
+	t.seq = seq
 	t.sent = now
-	c.pending[mid] = t
+	c.pending[id] = t
 	return buf, changes
+}
+
+// newSeq returns the next DTLS record sequence number whose low 16 bits are
+// not the id of a probe in flight. c.mu must be held.
+func (c *Checker) newSeq() uint64 {
+	for {
+		c.seq++
+		if _, busy := c.pending[uint16(c.seq)]; !busy {
+			return c.seq
+		}
+	}
 }
 
 // newMID returns a random message id that is not in flight and differs

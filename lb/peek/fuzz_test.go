@@ -56,3 +56,47 @@ func FuzzCoAP(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDTLSHelloAnswer: the answer parser never panics, and whatever it
+// accepts is an epoch-0 DTLS record that fits in the datagram, of the kind
+// it reports, with the sequence number of its header.
+func FuzzDTLSHelloAnswer(f *testing.F) {
+	var random [32]byte
+	f.Add(AppendDTLSClientHello(nil, &random, 1))
+	f.Add([]byte{22, 0xFE, 0xFF, 0, 0, 0, 0, 0, 0, 0, 7, 0, 15, 3, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 3, 0xFE, 0xFF, 0})
+	f.Add([]byte{21, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 2, 40})
+	f.Add(append([]byte{22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 2, 0, 50, 2, 0, 0, 38, 0, 0, 0, 0, 0, 0, 0, 38, 0xFE, 0xFD}, make([]byte, 36)...))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, seq := ParseDTLSHelloAnswer(b)
+		if a == NotDTLSHelloAnswer {
+			if seq != 0 {
+				t.Fatal("sequence number without an answer")
+			}
+			return
+		}
+		if !IsDTLS(b) || IsCoAP(b) || IsDTLSClientHello(b) || b[3]|b[4] != 0 || (b[2] != 0xFD && b[2] != 0xFF) {
+			t.Fatalf("%v in %x", a, b)
+		}
+		n := int(binary.BigEndian.Uint16(b[11:13]))
+		if 13+n > len(b) || seq != binary.BigEndian.Uint64(append([]byte{0, 0}, b[5:11]...)) || seq > MaxDTLSSeq {
+			t.Fatalf("%v in %x: record length %d, seq %#x", a, b, n, seq)
+		}
+		switch a {
+		case DTLSAlert:
+			if b[0] != ContentAlert || n != 2 {
+				t.Fatalf("alert %x", b)
+			}
+		case DTLSHelloVerifyRequest, DTLSServerHello:
+			msgType := byte(3) // hello_verify_request
+			if a == DTLSServerHello {
+				msgType = 2
+			}
+			if b[0] != ContentHandshake || n < 12 || b[13] != msgType || b[19]|b[20]|b[21] != 0 || b[25] != 0xFE {
+				t.Fatalf("%v %x", a, b)
+			}
+		default:
+			t.Fatalf("unknown answer %d", a)
+		}
+	})
+}
