@@ -24,8 +24,9 @@ lwm2m-server instances (or any UDP backend in nat mode).
 
 Each client (source IP and port) stays on one backend; new clients are placed
 with Maglev over the healthy backends (health checks: a CoAP ping, or a DTLS
-ClientHello for DTLS services in nat mode). In proxy mode datagrams carry a PROXY v2 header with the client's address (lwm2m-server
---proxy-protocol); in nat mode the balancer opens one upstream socket per
+ClientHello for DTLS services in nat mode). In proxy mode datagrams carry a
+PROXY v2 header with the client's address (lwm2m-server --proxy-protocol); in
+nat mode the balancer opens one upstream socket per
 client, for unmodified backends.
 
 Usage:
