@@ -26,8 +26,8 @@ Each client (source IP and port) stays on one backend; new clients are placed
 with Maglev over the healthy backends (health checks: a CoAP ping, or a DTLS
 ClientHello for DTLS services in nat mode). In proxy mode datagrams carry a
 PROXY v2 header with the client's address (lwm2m-server --proxy-protocol); in
-nat mode the balancer opens one upstream socket per
-client, for unmodified backends.
+nat mode the balancer opens one upstream socket per client, for unmodified
+backends.
 
 Usage:
   lwm2m-lb --listen 10.0.0.1:5683 --backend 10.0.1.1:5683 --backend 10.0.1.2:5683 [flags]
