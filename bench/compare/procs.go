@@ -3,10 +3,8 @@ package compare
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +12,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/lwm2mcluster/lwm2m/internal/localnet"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
@@ -102,23 +102,7 @@ func (p *proc) tail() string {
 
 var loopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 
-// freePort returns a free loopback port for "udp4" or "tcp4".
-func freePort(network string) (uint16, error) {
-	if network == "udp4" {
-		c, err := net.ListenUDP(network, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			return 0, err
-		}
-		defer c.Close()
-		return uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
-	}
-	l, err := net.Listen(network, "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return uint16(l.Addr().(*net.TCPAddr).Port), nil
-}
+func freePort(network string) (uint16, error) { return localnet.FreePort(network) }
 
 func freeAddr(network string) (netip.AddrPort, error) {
 	p, err := freePort(network)
@@ -161,33 +145,10 @@ func startRedis(ctx context.Context, dir string) (*proc, string, error) {
 
 // waitHTTP polls url until it answers 200.
 func waitHTTP(ctx context.Context, url string, p *proc, timeout time.Duration) error {
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(timeout)
-	var last error
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = errors.New(resp.Status)
-		}
-		last = err
-		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case p.Exited():
-			return fmt.Errorf("%s exited before %s answered%s", p.name, url, p.tail())
-		case time.Now().After(deadline):
-			return fmt.Errorf("%s: %s not 200 within %v: %v%s", p.name, url, timeout, last, p.tail())
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := localnet.WaitHTTP(ctx, url, timeout, p.Exited); err != nil {
+		return fmt.Errorf("%s: %w%s", p.name, err, p.tail())
 	}
+	return nil
 }
 
 // waitCoAPPing sends CoAP pings (empty CON) to addr until one is answered

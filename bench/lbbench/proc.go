@@ -6,13 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/lwm2mcluster/lwm2m/internal/localnet"
 )
 
 // probeMessage is what waitUDPEcho sends: not a CoAP ping, so that it is
@@ -51,27 +52,7 @@ func waitUDPEcho(ctx context.Context, addr netip.AddrPort, exited <-chan struct{
 	}
 }
 
-// freePort returns a port that is free on 127.0.0.1 for network ("udp4"
-// or "tcp4") at the time of the call.
-func freePort(network string) (uint16, error) {
-	loopback := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0)
-	switch network {
-	case "udp4":
-		c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(loopback))
-		if err != nil {
-			return 0, fmt.Errorf("finding a free port: %w", err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).AddrPort().Port(), nil
-	default:
-		l, err := net.ListenTCP(network, net.TCPAddrFromAddrPort(loopback))
-		if err != nil {
-			return 0, fmt.Errorf("finding a free port: %w", err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).AddrPort().Port(), nil
-	}
-}
+func freePort(network string) (uint16, error) { return localnet.FreePort(network) }
 
 // ErrLBNotBuilt is returned by FindLB when there is no lwm2m-lb binary and
 // no source to build one from.
@@ -177,35 +158,14 @@ func StartLB(ctx context.Context, cfg LBConfig) (*LB, error) {
 
 // waitHealthz polls url until it answers 200.
 func waitHealthz(ctx context.Context, url string, exited <-chan struct{}, timeout time.Duration) error {
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(timeout)
-	last := errors.New("no answer")
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = errors.New(resp.Status)
-		} else {
-			last = err
-		}
+	return localnet.WaitHTTP(ctx, url, timeout, func() bool {
 		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
 		case <-exited:
-			return fmt.Errorf("exited before %s answered 200", url)
-		case <-time.After(100 * time.Millisecond):
+			return true
+		default:
+			return false
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not 200 within %v: %w", url, timeout, last)
-		}
-	}
+	})
 }
 
 // Stop stops the balancer (SIGTERM, then SIGKILL after 5 s).
