@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,8 @@ type Dispatcher struct {
 	now  func() time.Time
 	mcMu sync.Mutex
 	mc   memberCache
+	// ownerChecks counts the owner checks waiting for OwnerGrace.
+	ownerChecks atomic.Int64
 }
 
 type memberCache struct {
@@ -239,15 +242,32 @@ func (d *Dispatcher) handle(ctx context.Context, msg northbound.Message) {
 	default:
 		// The owner answers. If it died since its last heartbeat, it will
 		// not claim the ticket: answer for it after OwnerGrace.
-		t := time.NewTimer(d.cfg.OwnerGrace)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
+		d.checkOwnerLater(ctx, req, owner)
+	}
+}
+
+// maxOwnerChecks bounds the owner checks waiting for their OwnerGrace.
+const maxOwnerChecks = 100000
+
+// checkOwnerLater tries to claim the ticket of a request that another live
+// instance owns once OwnerGrace has passed, and answers an err if the claim
+// succeeds (the owner never took it). The wait holds no worker, so fan-out
+// traffic for other instances' devices does not slow this one down.
+func (d *Dispatcher) checkOwnerLater(ctx context.Context, req *northbound.Request, owner string) {
+	if d.ownerChecks.Add(1) > maxOwnerChecks {
+		d.ownerChecks.Add(-1)
+		d.m.outcomes.WithLabelValues("owner-check-skipped").Inc()
+		return
+	}
+	d.wg.Add(1)
+	time.AfterFunc(d.cfg.OwnerGrace, func() {
+		defer d.wg.Done()
+		defer d.ownerChecks.Add(-1)
+		if ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
 		d.answerErr(ctx, req.Ticket, fmt.Sprintf("endpoint %q: its owning instance %q did not take the request", req.Endpoint, owner), "owner-silent")
-	}
+	})
 }
 
 // execute carries out a request on a device this instance owns.
@@ -348,7 +368,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lwm2m_northbound_requests_total",
-			Help: "Northbound requests handled by this instance, by outcome (resp, timeout, error, unregistered, no-owner, owner-silent, invalid, forwarded, duplicate, store).",
+			Help: "Northbound requests handled by this instance, by outcome (resp, timeout, error, unregistered, no-owner, owner-silent, owner-check-skipped, invalid, forwarded, duplicate, store).",
 		}, []string{"outcome"}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lwm2m_northbound_response_publish_errors_total",

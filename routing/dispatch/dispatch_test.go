@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -258,5 +259,48 @@ func TestExecutorErrors(t *testing.T) {
 	got := c.collect("nosess", 600*time.Millisecond)
 	if len(got) != 2 || got[1].Err == nil || got[1].Err.ErrorMessage != ErrNoSession.Error() {
 		t.Fatalf("got %q", kinds(got))
+	}
+}
+
+// TestFanOutForOthersDoesNotBlock: waiting for another instance's devices'
+// requests (OwnerGrace) holds no worker, so a burst of fan-out requests for
+// a's devices does not delay b's own.
+func TestFanOutForOthersDoesNotBlock(t *testing.T) {
+	bus := northbound.NewBroker()
+	defer bus.Close()
+	st := memstore.New(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for _, id := range []string{"a", "b"} {
+		if err := st.Announce(ctx, store.Member{ID: id, State: store.StateActive}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(Config{InstanceID: id, Bus: bus, State: st, Exec: &fakeExec{id: id}, Logger: quiet,
+			Workers: 2, OwnerGrace: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := d.Subscribe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); d.Serve(ctx, sub) }()
+	}
+	c := &cluster{t: t, bus: bus, st: st}
+	resp, err := bus.Subscribe(ctx, northbound.ChannelResp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.resp = resp
+	c.register("dev-a", "a")
+	c.register("dev-b", "b")
+	for i := 0; i < 20; i++ {
+		c.publish(northbound.ChannelReq, fmt.Sprintf(`{"ep":"dev-a","ticket":"a%d","req":{"kind":"read","path":"/3/0"}}`, i))
+	}
+	c.publish(northbound.ChannelReq, `{"ep":"dev-b","ticket":"mine","req":{"kind":"read","path":"/3/0"}}`)
+	if k := kinds(c.collect("mine", 2*time.Second)); k != "ack | resp:b" {
+		t.Fatalf("b's own request behind a burst for a's devices: got %q within 2s", k)
 	}
 }
