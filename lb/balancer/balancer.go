@@ -461,6 +461,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 		for _, c := range conns {
 			c.Close()
 		}
+		if b.nat != nil {
+			b.nat.closeAll() // the flows and their relays
+		}
 	}
 	for li, addr := range b.cfg.Listen {
 		bind := addr.String()
@@ -503,9 +506,6 @@ func (b *Balancer) Run(ctx context.Context) error {
 	}
 	<-gctx.Done()
 	closeAll()
-	if b.nat != nil {
-		b.nat.closeAll()
-	}
 	err := g.Wait()
 	if ctx.Err() != nil {
 		return nil

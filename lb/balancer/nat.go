@@ -1,16 +1,20 @@
 package balancer
 
 import (
-	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/lwm2mcluster/lwm2m/lb/maglev"
+	"github.com/lwm2mcluster/lwm2m/lb/udpio"
 )
 
 const natShards = 64
@@ -19,10 +23,17 @@ const natShards = 64
 type natFlow struct {
 	client  netip.AddrPort
 	backend int32
-	up      *net.UDPConn
-	reply   *net.UDPConn // the service-address socket replies leave from
-	last    atomic.Int64 // unix nanoseconds of the latest datagram either way
-	closed  atomic.Bool
+	// fd is the upstream socket: connected to the backend, non-blocking,
+	// not in Go's poller. Only its relay's epoll set watches it. It is
+	// written by the workers under the flow's shard lock and read by the
+	// relay under the relay's lock; it is closed holding both, so that
+	// neither ever uses a closed (or reused) descriptor.
+	fd     int
+	relay  *natRelay
+	slot   int32        // index in relay.flows
+	gen    uint32       // the epoll registration's generation, against stale events
+	last   atomic.Int64 // unix nanoseconds of the latest datagram either way
+	closed atomic.Bool
 }
 
 type natShard struct {
@@ -38,6 +49,10 @@ type natTable struct {
 	max      int64
 	lastWarn atomic.Int64
 	wg       sync.WaitGroup
+
+	mu      sync.Mutex
+	relays  []*natRelay
+	stopped atomic.Bool // closeAll ran: no new flow
 }
 
 func newNATTable(b *Balancer) *natTable {
@@ -76,6 +91,10 @@ func (t *natTable) forward(w *worker, s *snapshot, id int32, client netip.AddrPo
 		f = nil
 	}
 	if f == nil {
+		if t.stopped.Load() {
+			sh.mu.Unlock()
+			return
+		}
 		if t.count.Load() >= t.max {
 			sh.mu.Unlock()
 			w.c.dropped[dropFlowLimit].Add(1)
@@ -84,70 +103,283 @@ func (t *natTable) forward(w *worker, s *snapshot, id int32, client netip.AddrPo
 			}
 			return
 		}
-		up, err := net.DialUDP(udpNetwork(s.addrs[id]), nil, net.UDPAddrFromAddrPort(s.addrs[id]))
+		fd, err := dialUpstream(s.addrs[id])
 		if err != nil {
 			sh.mu.Unlock()
 			w.c.dropped[dropUpstream].Add(1)
 			return
 		}
-		f = &natFlow{client: client, backend: id, up: up, reply: w.conn.UDPConn()}
+		f = &natFlow{client: client, backend: id, fd: fd, relay: w.relay}
+		if err := w.relay.add(f); err != nil {
+			sh.mu.Unlock()
+			unix.Close(fd)
+			w.c.dropped[dropUpstream].Add(1)
+			return
+		}
 		sh.flows[client] = f
 		t.count.Add(1)
 		w.c.natOpened.Add(1)
-		t.wg.Add(1)
-		go t.relay(f)
 	}
 	f.last.Store(now.UnixNano())
+	// Written under the shard lock: the descriptor cannot be closed (and
+	// reused) meanwhile. Non-blocking: a full socket buffer drops.
+	err := sendOne(f.fd, payload)
 	sh.mu.Unlock()
-	if _, err := f.up.Write(payload); err != nil {
+	if err != nil {
 		w.c.writeErrors.Add(1)
 		return
 	}
 	w.c.tx.Add(1)
 }
 
-func udpNetwork(a netip.AddrPort) string {
+// dialUpstream opens a non-blocking UDP socket connected to a.
+func dialUpstream(a netip.AddrPort) (int, error) {
+	var sa unix.Sockaddr
+	domain := unix.AF_INET
 	if a.Addr().Is4() {
-		return "udp4"
+		sa = &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
+	} else {
+		domain = unix.AF_INET6
+		sa6 := &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+		if z := a.Addr().Zone(); z != "" {
+			ifi, err := net.InterfaceByName(z)
+			if err != nil {
+				return -1, err
+			}
+			sa6.ZoneId = uint32(ifi.Index)
+		}
+		sa = sa6
 	}
-	return "udp6"
+	fd, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
-// relay copies a flow's replies back to its client until the flow closes.
-func (t *natTable) relay(f *natFlow) {
-	defer t.wg.Done()
-	buf := make([]byte, 2048)
-	oob := []byte(nil)
-	c := t.b.m.relayCounters
+// natRelay relays the replies of one worker's flows back to their clients:
+// an epoll set over the flows' upstream sockets, itself waited on through
+// Go's poller (so no thread blocks in epoll_wait); each ready socket gives
+// one datagram per round and the round's replies leave together, with one
+// sendmmsg, from the worker's service socket.
+type natRelay struct {
+	t      *natTable
+	ep     *os.File // the epoll descriptor, in Go's poller
+	epfd   int
+	rc     syscall.RawConn
+	conn   *udpio.Conn // the worker's service socket
+	events []unix.EpollEvent
+	nev    int
+	everr  error
+	waitFn func(fd uintptr) bool
+	in     []udpio.Msg
+	out    []udpio.Msg
+
+	mu     sync.Mutex
+	flows  []*natFlow // by slot; nil: free
+	free   []int32
+	gen    uint32
+	closed bool
+}
+
+// relayBuf is a relay's receive buffer per datagram; a larger reply is
+// dropped (too_big).
+const relayBuf = 2048
+
+// newRelay starts the reply relay of a worker's service socket.
+func (t *natTable) newRelay(pc *net.UDPConn) (*natRelay, error) {
+	batch := t.b.cfg.Batch
+	conn, err := udpio.NewConn(pc, batch)
+	if err != nil {
+		return nil, err
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("nat relay: epoll_create1: %w", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("nat relay: %w", err)
+	}
+	ep := os.NewFile(uintptr(epfd), "nat-relay-epoll")
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		return nil, fmt.Errorf("nat relay: %w", err)
+	}
+	r := &natRelay{
+		t: t, ep: ep, epfd: epfd, rc: rc, conn: conn,
+		events: make([]unix.EpollEvent, batch),
+		in:     make([]udpio.Msg, batch),
+		out:    make([]udpio.Msg, 0, batch),
+	}
+	for i := range r.in {
+		r.in[i].Buf = make([]byte, relayBuf)
+	}
+	r.waitFn = r.wait
+	t.mu.Lock()
+	if t.stopped.Load() {
+		t.mu.Unlock()
+		ep.Close()
+		return nil, net.ErrClosed
+	}
+	t.relays = append(t.relays, r)
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go r.run()
+	return r, nil
+}
+
+// add registers a new flow's socket.
+func (r *natRelay) add(f *natFlow) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return net.ErrClosed
+	}
+	var slot int32
+	if n := len(r.free); n > 0 {
+		slot = r.free[n-1]
+		r.free = r.free[:n-1]
+	} else {
+		slot = int32(len(r.flows))
+		r.flows = append(r.flows, nil)
+	}
+	r.gen++
+	f.slot, f.gen = slot, r.gen
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: slot, Pad: int32(f.gen)}
+	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, f.fd, &ev); err != nil {
+		r.free = append(r.free, slot)
+		return err
+	}
+	r.flows[slot] = f
+	return nil
+}
+
+// remove unregisters and closes a flow's socket; the caller holds the
+// flow's shard lock.
+func (r *natRelay) remove(f *natFlow) {
+	r.mu.Lock()
+	if !r.closed {
+		_ = unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
+	}
+	if r.flows[f.slot] == f {
+		r.flows[f.slot] = nil
+		r.free = append(r.free, f.slot)
+	}
+	unix.Close(f.fd)
+	r.mu.Unlock()
+}
+
+// close stops the relay (its flows are closed already).
+func (r *natRelay) close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	_ = r.ep.Close()
+}
+
+// wait polls the epoll set without blocking; false parks the relay in
+// Go's poller until the set has ready sockets.
+func (r *natRelay) wait(fd uintptr) bool {
 	for {
-		n, _, flags, _, err := f.up.ReadMsgUDPAddrPort(buf, oob)
+		n, err := unix.EpollWait(int(fd), r.events, 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			r.everr = err
+			return true
+		}
+		r.nev = n
+		return n > 0
+	}
+}
+
+func (r *natRelay) run() {
+	defer r.t.wg.Done()
+	for {
+		r.nev, r.everr = 0, nil
+		if err := r.rc.Read(r.waitFn); err != nil {
+			return // closed
+		}
+		if r.everr != nil {
+			r.t.b.log.Error("nat relay stopped", "err", r.everr)
+			return
+		}
+		r.drain(time.Now().UnixNano())
+	}
+}
+
+// drain reads the ready sockets' replies and sends them in one batch.
+func (r *natRelay) drain(now int64) {
+	c := r.t.b.m.relayCounters
+	r.out = r.out[:0]
+	k := 0
+	var readErrs, tooBig uint64
+	r.mu.Lock()
+	for _, ev := range r.events[:r.nev] {
+		if k == len(r.in) {
+			break // the rest stay ready (level-triggered): next round
+		}
+		slot := ev.Fd
+		if slot < 0 || int(slot) >= len(r.flows) {
+			continue
+		}
+		f := r.flows[slot]
+		if f == nil || f.gen != uint32(ev.Pad) {
+			continue // closed since
+		}
+		// One datagram per ready socket and round: with a device's usual
+		// window of one that is all there is, and recvfrom is cheaper than
+		// recvmmsg; a socket with more stays ready (level-triggered).
+		m := &r.in[k]
+		n, trunc, err := recvOne(f.fd, m.Buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || f.closed.Load() {
-				return
+			if err != unix.EAGAIN {
+				// ICMP errors (backend port closed) surface here; the
+				// health checks decide about the backend.
+				readErrs++
 			}
-			// ICMP errors (backend port closed) surface here; keep going,
-			// the health checks decide about the backend.
-			c.readErrors.Add(1)
 			continue
 		}
-		if flags&unix.MSG_TRUNC != 0 {
-			c.dropped[dropTooBig].Add(1)
+		if trunc {
+			tooBig++
 			continue
 		}
-		f.last.Store(time.Now().UnixNano())
-		c.rx.Add(1)
-		if _, err := f.reply.WriteToUDPAddrPort(buf[:n], f.client); err != nil {
-			c.writeErrors.Add(1)
-			continue
-		}
-		c.tx.Add(1)
-		c.replies.Add(1)
+		f.last.Store(now)
+		m.N = n
+		r.out = append(r.out, udpio.Msg{Buf: m.Buf, N: n, Addr: f.client})
+		k++
+	}
+	r.mu.Unlock()
+	if readErrs > 0 {
+		c.readErrors.Add(readErrs)
+	}
+	if tooBig > 0 {
+		c.dropped[dropTooBig].Add(tooBig)
+	}
+	if len(r.out) == 0 {
+		return
+	}
+	c.rx.Add(uint64(len(r.out)))
+	sent, _ := r.conn.WriteBatch(r.out)
+	if sent > 0 {
+		c.tx.Add(uint64(sent))
+		c.replies.Add(uint64(sent))
+	}
+	if lost := len(r.out) - sent; lost > 0 {
+		c.writeErrors.Add(uint64(lost))
 	}
 }
 
 func (f *natFlow) close() {
 	if f.closed.CompareAndSwap(false, true) {
-		_ = f.up.Close()
+		f.relay.remove(f)
 	}
 }
 
@@ -201,8 +433,9 @@ func (t *natTable) countByBackend() map[int32]int {
 	return out
 }
 
-// closeAll closes every flow and waits for their relays.
+// closeAll closes every flow, stops the relays and waits for them.
 func (t *natTable) closeAll() {
+	t.stopped.Store(true)
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -213,8 +446,51 @@ func (t *natTable) closeAll() {
 		}
 		sh.mu.Unlock()
 	}
+	t.mu.Lock()
+	relays := t.relays
+	t.relays = nil
+	t.mu.Unlock()
+	for _, r := range relays {
+		r.close()
+	}
 	t.wg.Wait()
 }
 
 // open returns the number of open NAT flows.
 func (t *natTable) open() int64 { return t.count.Load() }
+
+// recvOne reads one datagram from a connected non-blocking socket; trunc
+// reports one larger than b.
+func recvOne(fd int, b []byte) (n int, trunc bool, err error) {
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch e {
+		case 0:
+			if int(r) > len(b) {
+				return len(b), true, nil
+			}
+			return int(r), false, nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, false, e
+	}
+}
+
+// sendOne sends b on a connected non-blocking socket.
+func sendOne(fd int, b []byte) error {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return e
+	}
+}

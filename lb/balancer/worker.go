@@ -26,6 +26,7 @@ type worker struct {
 	in      []udpio.Msg
 	out     []udpio.Msg
 	c       *counters
+	relay   *natRelay // NAT mode: relays the replies of the flows this worker opens
 }
 
 func newWorker(b *Balancer, pc *net.UDPConn, vip netip.AddrPort, service uint16) (*worker, error) {
@@ -42,6 +43,11 @@ func newWorker(b *Balancer, pc *net.UDPConn, vip netip.AddrPort, service uint16)
 	for i := range w.in {
 		w.in[i].Buf = make([]byte, headroom+maxDatagram)
 		w.in[i].Offset = headroom
+	}
+	if b.nat != nil {
+		if w.relay, err = b.nat.newRelay(pc); err != nil {
+			return nil, err
+		}
 	}
 	return w, nil
 }
