@@ -43,6 +43,8 @@ import (
 const (
 	DefaultWorkers    = 256
 	DefaultOwnerGrace = time.Second
+	// DefaultMaxInFlight bounds the requests waiting for devices.
+	DefaultMaxInFlight = 10000
 	// claimMargin keeps a claim beyond the request's timeout, so a late
 	// duplicate of the request is not answered again.
 	claimMargin = time.Minute
@@ -80,9 +82,12 @@ type Config struct {
 	Exec       Executor
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	// Workers bounds the requests carried out at once; further requests
-	// wait (they are not dropped).
+	// Workers bounds the requests being routed at once (parsing, lookups,
+	// claim, ack); further requests wait (they are not dropped).
 	Workers int
+	// MaxInFlight bounds the acknowledged requests waiting for their
+	// device; beyond it a request is answered with an err (busy).
+	MaxInFlight int
 	// OwnerGrace is how long a live owner has to claim a fan-out request
 	// before the other instances answer it with an err.
 	OwnerGrace time.Duration
@@ -102,6 +107,8 @@ type Dispatcher struct {
 	mc   memberCache
 	// ownerChecks counts the owner checks waiting for OwnerGrace.
 	ownerChecks atomic.Int64
+	// inflight counts the acknowledged requests waiting for a device.
+	inflight atomic.Int64
 }
 
 type memberCache struct {
@@ -122,6 +129,9 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	if cfg.OwnerGrace <= 0 {
 		cfg.OwnerGrace = DefaultOwnerGrace
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
 	}
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = 5 * time.Second
@@ -275,8 +285,10 @@ func (d *Dispatcher) execute(ctx context.Context, req *northbound.Request, reg *
 	timeout := time.Duration(req.Req.TimeoutMs()) * time.Millisecond
 	won, err := d.claim(ctx, req.Ticket, timeout+claimMargin)
 	if err != nil {
+		// Without the claim this instance cannot know whether another
+		// copy of the request is being answered: publishing anything
+		// could make two answers. The caller's ack timeout covers it.
 		log.Warn("northbound request: ticket claim failed", "err", err)
-		d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{ErrorMessage: "shared state unavailable: " + err.Error()}})
 		d.m.outcomes.WithLabelValues("store").Inc()
 		return
 	}
@@ -284,26 +296,54 @@ func (d *Dispatcher) execute(ctx context.Context, req *northbound.Request, reg *
 		d.m.outcomes.WithLabelValues("duplicate").Inc()
 		return
 	}
-	start := d.now()
+	if d.inflight.Add(1) > int64(d.cfg.MaxInFlight) {
+		d.inflight.Add(-1)
+		d.m.outcomes.WithLabelValues("busy").Inc()
+		d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{
+			ErrorMessage: fmt.Sprintf("instance %q is busy: %d requests in flight", d.cfg.InstanceID, d.cfg.MaxInFlight)}})
+		return
+	}
 	d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Ack: true})
+	// The device exchange runs without holding a worker: a slow or
+	// sleeping device must not stop this instance reading requests.
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.inflight.Add(-1)
+		d.carryOut(ctx, req, reg, timeout, log)
+	}()
+}
+
+// carryOut runs an acknowledged request on the device and publishes its
+// answer.
+func (d *Dispatcher) carryOut(ctx context.Context, req *northbound.Request, reg *registration.Registration, timeout time.Duration, log *slog.Logger) {
+	start := d.now()
 	ectx, cancel := context.WithTimeout(ctx, timeout)
 	resp, err := d.cfg.Exec.Execute(ectx, reg, req.Ticket, &req.Req)
 	timedOut := ectx.Err() == context.DeadlineExceeded
 	cancel()
 	d.m.duration.WithLabelValues(req.Req.Kind).Observe(d.now().Sub(start).Seconds())
+	// The answer is published even when the instance is stopping: the
+	// caller has an ack and waits for it.
+	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.StoreTimeout)
+	defer pcancel()
 	switch {
 	case err == nil:
 		d.m.outcomes.WithLabelValues("resp").Inc()
-		d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Resp: resp})
+		d.publish(pctx, &northbound.Response{Ticket: req.Ticket, Resp: resp})
 		log.Debug("northbound request answered", "code", resp.Code, "duration", d.now().Sub(start))
+	case ctx.Err() != nil:
+		d.m.outcomes.WithLabelValues("error").Inc()
+		d.publish(pctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{
+			ErrorMessage: fmt.Sprintf("instance %q is shutting down; retry the request", d.cfg.InstanceID)}})
 	case timedOut || errors.Is(err, context.DeadlineExceeded):
 		d.m.outcomes.WithLabelValues("timeout").Inc()
-		d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{
+		d.publish(pctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{
 			ErrorMessage: fmt.Sprintf("timeout: the device did not answer within %d ms", req.Req.TimeoutMs())}})
 	default:
 		d.m.outcomes.WithLabelValues("error").Inc()
 		log.Info("northbound request failed", "err", err)
-		d.publish(ctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{ErrorMessage: err.Error()}})
+		d.publish(pctx, &northbound.Response{Ticket: req.Ticket, Err: &northbound.ErrorMsg{ErrorMessage: err.Error()}})
 	}
 }
 
@@ -314,9 +354,10 @@ func (d *Dispatcher) claim(ctx context.Context, ticket string, ttl time.Duration
 }
 
 // answerErr claims ticket and, when this instance wins, answers it with an
-// err.
+// err. The claim lasts as long as the longest request (MaxTimeoutMs) so a
+// late copy of the request is never carried out after the err.
 func (d *Dispatcher) answerErr(ctx context.Context, ticket, message, outcome string) {
-	won, err := d.claim(ctx, ticket, claimMargin)
+	won, err := d.claim(ctx, ticket, northbound.MaxTimeoutMs*time.Millisecond+claimMargin)
 	if err != nil {
 		d.log.Warn("northbound request: ticket claim failed", "ticket", ticket, "err", err)
 		return
@@ -368,7 +409,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lwm2m_northbound_requests_total",
-			Help: "Northbound requests handled by this instance, by outcome (resp, timeout, error, unregistered, no-owner, owner-silent, owner-check-skipped, invalid, forwarded, duplicate, store).",
+			Help: "Northbound requests handled by this instance, by outcome (resp, timeout, error, unregistered, no-owner, owner-silent, owner-check-skipped, invalid, forwarded, duplicate, store, busy).",
 		}, []string{"outcome"}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lwm2m_northbound_response_publish_errors_total",

@@ -304,3 +304,58 @@ func TestFanOutForOthersDoesNotBlock(t *testing.T) {
 		t.Fatalf("b's own request behind a burst for a's devices: got %q within 4s", k)
 	}
 }
+
+// slowExec sleeps (until ctx ends) for the endpoint "sleepy" and answers
+// the others at once.
+type slowExec struct{}
+
+func (slowExec) Execute(ctx context.Context, reg *registration.Registration, ticket string, req *northbound.Req) (*northbound.Resp, error) {
+	if reg.Endpoint == "sleepy" {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &northbound.Resp{Kind: req.Kind, Code: "CONTENT"}, nil
+}
+
+// TestSleepyDeviceDoesNotBlock: requests waiting for a device that does not
+// answer hold no worker; the instance goes on answering for other devices,
+// and answers the waiting ones with a timeout err.
+func TestSleepyDeviceDoesNotBlock(t *testing.T) {
+	bus := northbound.NewBroker()
+	defer bus.Close()
+	st := memstore.New(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	if err := st.Announce(ctx, store.Member{ID: "a", State: store.StateActive}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{InstanceID: "a", Bus: bus, State: st, Exec: slowExec{}, Logger: quiet, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := d.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); d.Serve(ctx, sub) }()
+	c := &cluster{t: t, bus: bus, st: st}
+	if c.resp, err = bus.Subscribe(ctx, northbound.ChannelResp); err != nil {
+		t.Fatal(err)
+	}
+	c.register("sleepy", "a")
+	c.register("awake", "a")
+	for i := 0; i < 6; i++ {
+		c.publish(northbound.ChannelReq, fmt.Sprintf(`{"ep":"sleepy","ticket":"z%d","req":{"kind":"read","path":"/3/0","timeout":3000}}`, i))
+	}
+	c.publish(northbound.ChannelReq, `{"ep":"awake","ticket":"now","req":{"kind":"read","path":"/3/0"}}`)
+	if k := kinds(c.collect("now", time.Second)); k != "ack | resp:" {
+		t.Fatalf("request for an awake device behind sleeping ones: got %q", k)
+	}
+	// (z5's ack went by while waiting for "now".)
+	got := c.collect("z5", 4*time.Second)
+	if n := len(got); n == 0 || got[n-1].Err == nil || !strings.Contains(got[n-1].Err.ErrorMessage, "timeout") {
+		t.Fatalf("sleepy request: got %q, want a timeout err", kinds(got))
+	}
+}
