@@ -59,6 +59,10 @@ type Result struct {
 	Token message.Token
 	// Format is the content format the device answered in.
 	Format uint16
+	// Observed is true when an observe request's answer carried the
+	// Observe option: the device established the observation (RFC 7641
+	// section 4.1). A success without it is a plain read.
+	Observed bool
 }
 
 // Executor carries out requests, decoding values with the object model of
@@ -297,6 +301,9 @@ func (e *Executor) read(ctx context.Context, t Target, req *northbound.Req, form
 	if !Success(resp.Code()) {
 		return res, nil
 	}
+	if _, err := resp.Observe(); observe && err == nil {
+		res.Observed = true
+	}
 	got := format
 	if cf, err := resp.ContentFormat(); err == nil {
 		got = uint16(cf)
@@ -455,6 +462,9 @@ func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req,
 	res := &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body), Token: token, Format: format}
 	if !Success(resp.Code()) {
 		return res, nil
+	}
+	if _, err := resp.Observe(); observe && err == nil {
+		res.Observed = true
 	}
 	got := format
 	if cf, err := resp.ContentFormat(); err == nil {

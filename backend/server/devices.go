@@ -52,6 +52,10 @@ func (s *sessions) set(ep string, c *udpClient.Conn) {
 	}
 	s.byEP[ep] = c
 	c.AddOnClose(func() { s.forget(ep, c) })
+	if c.Context().Err() != nil {
+		// Closed already: the callback above may never run.
+		delete(s.byEP, ep)
+	}
 }
 
 func (s *sessions) get(ep string) *udpClient.Conn {
@@ -112,8 +116,9 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 		}
 	}
 	res, err := s.exec.Do(ctx, t, req, token)
-	if observe && (err != nil || !devmgmt.Success(codeOf(res))) {
-		// No observation was established.
+	if observe && (err != nil || !res.Observed) {
+		// No observation was established (an error, or a device that
+		// answered without the Observe option: a plain read).
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
 		_, _ = s.cfg.Store.RemoveObservation(rctx, token)
 		cancel()
@@ -121,7 +126,7 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 	if err != nil {
 		return nil, err
 	}
-	if observe && devmgmt.Success(codeOf(res)) {
+	if observe && res.Observed {
 		s.m.observations.WithLabelValues("start").Inc()
 		s.replaceOlderObservations(ctx, reg.ID, ticket, req)
 	}
@@ -133,13 +138,6 @@ func compositeFormat(req *northbound.Req) uint16 {
 		return *req.ContentFormat
 	}
 	return codec.SenMLCBOR
-}
-
-func codeOf(r *devmgmt.Result) codes.Code {
-	if r == nil {
-		return 0
-	}
-	return r.Code
 }
 
 // replaceOlderObservations removes the observations of the same

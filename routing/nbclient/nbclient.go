@@ -296,7 +296,7 @@ func (c *Client) Route(ctx context.Context, ep string) (channel string, direct b
 // check resp.Code with IsSuccess. An invalid req fails before anything is
 // published, with an error wrapping northbound.ErrBadRequest.
 func (c *Client) Do(ctx context.Context, ep string, req northbound.Req) (*northbound.Resp, error) {
-	ticket, resp, _, err := c.exchange(ctx, ep, NewTicket(), req, 8)
+	ticket, resp, _, _, err := c.exchange(ctx, ep, NewTicket(), req, 8)
 	if ticket != "" {
 		c.unregister(ticket)
 	}
@@ -305,23 +305,26 @@ func (c *Client) Do(ctx context.Context, ep string, req northbound.Req) (*northb
 
 // exchange registers ticket, publishes the request and waits for its first
 // resp. On return the ticket is still registered (when returned non-empty):
-// the caller unregisters it, or keeps it for notifications.
-func (c *Client) exchange(ctx context.Context, ep, ticket string, req northbound.Req, buf int) (string, *northbound.Resp, <-chan struct{}, error) {
+// the caller unregisters it, or keeps it for notifications. Notifications
+// ("observe": true) that overtake the first resp (the device notified
+// while the instance was still publishing it) are returned in early, in
+// order, to be delivered after it.
+func (c *Client) exchange(ctx context.Context, ep, ticket string, req northbound.Req, buf int) (_ string, _ *northbound.Resp, early []*northbound.Resp, _ <-chan struct{}, _ error) {
 	payload, err := json.Marshal(northbound.Request{Endpoint: ep, Ticket: ticket, Req: req})
 	if err != nil {
-		return "", nil, nil, fmt.Errorf("nbclient: encode request: %w", err)
+		return "", nil, nil, nil, fmt.Errorf("nbclient: encode request: %w", err)
 	}
 	parsed, err := northbound.ParseRequest(payload)
 	if err != nil {
-		return "", nil, nil, err
+		return "", nil, nil, nil, err
 	}
 	w, done, err := c.register(ctx, ticket, buf)
 	if err != nil {
-		return "", nil, nil, err
+		return "", nil, nil, nil, err
 	}
 	channel, direct := c.Route(ctx, ep)
 	if err := c.bus.Publish(ctx, channel, payload); err != nil {
-		return ticket, nil, done, fmt.Errorf("nbclient: publish on %s: %w", channel, err)
+		return ticket, nil, early, done, fmt.Errorf("nbclient: publish on %s: %w", channel, err)
 	}
 
 	ackTimer := time.NewTimer(c.opts.AckTimeout)
@@ -338,9 +341,11 @@ func (c *Client) exchange(ctx context.Context, ep, ticket string, req northbound
 		case r := <-w.c:
 			switch {
 			case r.Err != nil:
-				return ticket, nil, done, &RemoteError{Message: r.Err.ErrorMessage}
+				return ticket, nil, early, done, &RemoteError{Message: r.Err.ErrorMessage}
+			case r.Resp != nil && r.Resp.Observe && len(early) < buf:
+				early = append(early, r.Resp)
 			case r.Resp != nil:
-				return ticket, r.Resp, done, nil
+				return ticket, r.Resp, early, done, nil
 			case r.Ack && respTimer == nil:
 				ackTimer.Stop()
 				retry = nil
@@ -351,17 +356,17 @@ func (c *Client) exchange(ctx context.Context, ep, ticket string, req northbound
 		case <-retry:
 			retry = nil
 			if err := c.bus.Publish(ctx, northbound.ChannelReq, payload); err != nil {
-				return ticket, nil, done, fmt.Errorf("nbclient: publish on %s: %w", northbound.ChannelReq, err)
+				return ticket, nil, early, done, fmt.Errorf("nbclient: publish on %s: %w", northbound.ChannelReq, err)
 			}
 		case <-ackTimer.C:
-			return ticket, nil, done, fmt.Errorf("%w within %v (endpoint %q, ticket %s)", ErrNoAck, c.opts.AckTimeout, ep, ticket)
+			return ticket, nil, early, done, fmt.Errorf("%w within %v (endpoint %q, ticket %s)", ErrNoAck, c.opts.AckTimeout, ep, ticket)
 		case <-respTimer:
-			return ticket, nil, done, fmt.Errorf("%w (%d ms plus %v; endpoint %q, ticket %s)", ErrTimeout,
+			return ticket, nil, early, done, fmt.Errorf("%w (%d ms plus %v; endpoint %q, ticket %s)", ErrTimeout,
 				parsed.Req.TimeoutMs(), c.opts.ResponseMargin, ep, ticket)
 		case <-ctx.Done():
-			return ticket, nil, done, ctx.Err()
+			return ticket, nil, early, done, ctx.Err()
 		case <-done:
-			return ticket, nil, done, ErrClosed
+			return ticket, nil, early, done, ErrClosed
 		}
 	}
 }

@@ -595,3 +595,61 @@ func TestIsSuccess(t *testing.T) {
 		t.Fatalf("tickets %s %s", a, b)
 	}
 }
+
+// TestNotificationOvertakesFirstResp: a notification published before the
+// observe's first resp (the device notified at once) is delivered after
+// it, not taken for the first answer.
+func TestNotificationOvertakesFirstResp(t *testing.T) {
+	bus := northbound.NewBroker()
+	defer bus.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reqs, err := bus.Subscribe(ctx, northbound.ChannelReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reqs.Close()
+	go func() {
+		for m := range reqs.C() {
+			r, err := northbound.ParseRequest(m.Payload)
+			if err != nil || r.Req.Kind != northbound.KindObserve {
+				continue
+			}
+			value := func(v string, observe bool) *northbound.Resp {
+				return &northbound.Resp{Kind: "observe", Code: nbclient.CodeContent, Observe: observe,
+					Node: &node.Any{Node: node.NewSingle(0, node.StringValue(v))}}
+			}
+			for _, resp := range []northbound.Response{
+				{Ticket: r.Ticket, Ack: true},
+				{Ticket: r.Ticket, Resp: value("second", true)},
+				{Ticket: r.Ticket, Resp: value("first", false)},
+				{Ticket: r.Ticket, Resp: value("third", true)},
+			} {
+				_ = northbound.PublishJSON(ctx, bus, northbound.ChannelResp, resp)
+			}
+		}
+	}()
+	c := nbclient.New(bus, nil, testOpts)
+	defer c.Close()
+	obs, err := c.Observe(ctx, "dev", northbound.Req{Kind: northbound.KindObserve, Path: "/3/0/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	str := func(r *northbound.Resp) string {
+		s, _ := r.Node.Node.(node.Resource).Value.AsString()
+		return s
+	}
+	if got := str(obs.First()); got != "first" {
+		t.Fatalf("first answer %q, want the observe's resp", got)
+	}
+	for _, want := range []string{"second", "third"} {
+		select {
+		case r := <-obs.C():
+			if got := str(r); got != want {
+				t.Fatalf("notification %q, want %q", got, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no notification %q", want)
+		}
+	}
+}

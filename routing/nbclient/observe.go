@@ -48,7 +48,7 @@ func (c *Client) Observe(ctx context.Context, ep string, req northbound.Req) (*O
 		return nil, fmt.Errorf("nbclient: Observe needs an %q or %q request, not %q",
 			northbound.KindObserve, northbound.KindObserveComposite, req.Kind)
 	}
-	ticket, first, done, err := c.exchange(ctx, ep, NewTicket(), req, c.opts.NotificationBuffer)
+	ticket, first, early, done, err := c.exchange(ctx, ep, NewTicket(), req, c.opts.NotificationBuffer)
 	if err == nil && !IsSuccess(first.Code) {
 		err = &CodeError{Resp: first}
 	}
@@ -64,7 +64,7 @@ func (c *Client) Observe(ctx context.Context, ep string, req northbound.Req) (*O
 	c.mu.Lock()
 	w := c.waiters[ticket]
 	c.mu.Unlock()
-	go o.deliver(ctx, w, done)
+	go o.deliver(ctx, w, done, early)
 	return o, nil
 }
 
@@ -98,13 +98,23 @@ func (o *Observation) Dropped() uint64 {
 	return 0
 }
 
-func (o *Observation) deliver(ctx context.Context, w *waiter, done <-chan struct{}) {
+func (o *Observation) deliver(ctx context.Context, w *waiter, done <-chan struct{}, early []*northbound.Resp) {
 	defer close(o.ended)
 	defer close(o.out)
 	fail := func(err error) {
 		o.mu.Lock()
 		o.err = err
 		o.mu.Unlock()
+	}
+	for _, r := range early {
+		select {
+		case o.out <- r:
+		case <-o.stop:
+			return
+		case <-ctx.Done():
+			o.ctxDone(ctx)
+			return
+		}
 	}
 	for {
 		select {
