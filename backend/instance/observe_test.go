@@ -99,3 +99,46 @@ func TestTimestampedNotification(t *testing.T) {
 		}
 	}
 }
+
+// TestObserveWithoutObserveOption: a device that answers an observe with a
+// plain 2.05 (no Observe option, RFC 7641 section 4.1) gives its value, but
+// no observation is kept.
+func TestObserveWithoutObserveOption(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "noobs", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Stop(context.Background())
+	router := mux.NewRouter()
+	_ = router.Handle("/3/0/0", mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
+		_ = w.SetResponse(codes.Content, message.TextPlain, bytes.NewReader([]byte("ACME")))
+	}))
+	dev, err := udp.Dial(in.CoAPAddr().String(), coapoptions.WithMux(router))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer rcancel()
+	resp, err := dev.Post(rctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(`</3/0>`)),
+		message.Option{ID: message.URIQuery, Value: []byte("ep=noobs-dev")})
+	if err != nil || resp.Code() != codes.Created {
+		t.Fatalf("register: %v %v", err, resp)
+	}
+	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
+	defer c.Close()
+	text := uint16(0)
+	r, err := c.Do(ctx, "noobs-dev", northbound.Req{Kind: northbound.KindObserve, Path: "/3/0/0", ContentFormat: &text})
+	if err != nil || r.Code != "CONTENT" || r.Node == nil {
+		t.Fatalf("observe: %v %+v", err, r)
+	}
+	reg, err := in.Store().GetByEndpoint(ctx, "noobs-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obs, err := in.Store().ObservationsByRegistration(ctx, reg.ID); err != nil || len(obs) != 0 {
+		t.Fatalf("observations kept: %d (%v), want none", len(obs), err)
+	}
+}
