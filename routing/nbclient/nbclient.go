@@ -137,6 +137,10 @@ type Client struct {
 	waiters map[string]*waiter
 	closed  bool
 	loops   sync.WaitGroup
+
+	mmu         sync.Mutex // guards the membership cache
+	membersList []store.Member
+	membersAt   time.Time
 }
 
 type waiter struct {
@@ -284,11 +288,34 @@ func (c *Client) Route(ctx context.Context, ep string) (channel string, direct b
 	if err != nil || owner == "" {
 		return northbound.ChannelReq, false
 	}
-	ms, err := c.owners.Members(ctx)
+	ms, err := c.members(ctx)
 	if err != nil || !slices.ContainsFunc(ms, func(m store.Member) bool { return m.ID == owner }) {
 		return northbound.ChannelReq, false
 	}
 	return northbound.InstanceReqChannel(owner), true
+}
+
+// membersTTL is how long a membership list is reused. An owner that died
+// within it does not ack its direct request, which is then published on
+// the fan-out channel (Options.DirectAckTimeout).
+const membersTTL = 500 * time.Millisecond
+
+// members returns the live members, from a list at most membersTTL old.
+func (c *Client) members(ctx context.Context) ([]store.Member, error) {
+	c.mmu.Lock()
+	defer c.mmu.Unlock()
+	if c.membersList != nil && time.Since(c.membersAt) < membersTTL {
+		return c.membersList, nil
+	}
+	ms, err := c.owners.Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if ms == nil {
+		ms = []store.Member{}
+	}
+	c.membersList, c.membersAt = ms, time.Now()
+	return ms, nil
 }
 
 // Do sends req for endpoint ep and returns the device's answer. A resp
