@@ -19,8 +19,11 @@ import (
 	"github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	"github.com/plgd-dev/go-coap/v3/options"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 
+	"github.com/lwm2mcluster/lwm2m/backend/node"
 	"github.com/lwm2mcluster/lwm2m/internal/natsim"
 	"github.com/lwm2mcluster/lwm2m/internal/redistest"
 )
@@ -187,8 +190,18 @@ func (d *device) connect() error {
 		nat.Close()
 		return fmt.Errorf("handshake: %w", err)
 	}
-	d.nat, d.dc, d.cc = nat, dc, dtls.Client(dc)
+	d.nat, d.dc, d.cc = nat, dc, dtls.Client(dc, options.WithMux(dtlsDeviceRouter(d.ep)))
 	return nil
+}
+
+// dtlsDeviceRouter answers the server's reads of /3/0/0 (text) with the
+// endpoint name: enough to see northbound requests reach the device.
+func dtlsDeviceRouter(ep string) *mux.Router {
+	r := mux.NewRouter()
+	_ = r.Handle("/3/0/0", mux.HandlerFunc(func(w mux.ResponseWriter, req *mux.Message) {
+		_ = w.SetResponse(codes.Content, message.TextPlain, bytes.NewReader([]byte(ep)))
+	}))
+	return r
 }
 
 func (d *device) close() {
@@ -364,6 +377,7 @@ func TestDTLSCIDRebind(t *testing.T) {
 		t.Fatal(err)
 	}
 	owner := nextReg(t, sub, "LESHAN_REG_NEW").Instance
+	peer := newBackendPeer(t, c.rds.Addr)
 	for i := range 4 {
 		if err := d.nat.Rebind(); err != nil {
 			t.Fatal(err)
@@ -378,6 +392,12 @@ func TestDTLSCIDRebind(t *testing.T) {
 		}
 		if ev.Port != d.nat.Port() {
 			t.Fatalf("update %d: registration port %d, device now at %d", i, ev.Port, d.nat.Port())
+		}
+		// A northbound read (redis-cli PUBLISH) still reaches the device
+		// at its new port, on the same session.
+		_, resp := peer.call("cid-dev", `{"kind":"read","path":"/3/0/0","contentFormat":0}`)
+		if r, ok := respNode(t, resp).(node.Resource); !ok || !r.Value.Equal(node.StringValue("cid-dev")) {
+			t.Fatalf("northbound read after rebind %d: %s", i, resp["node"])
 		}
 	}
 	if full, resumed := c.handshakes(t, "full"), c.handshakes(t, "resumed"); full != 1 || resumed != 0 {

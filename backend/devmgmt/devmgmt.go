@@ -106,11 +106,11 @@ func (e *Executor) Do(ctx context.Context, t Target, req *northbound.Req, token 
 			}
 		})
 	case northbound.KindReadComposite:
-		return e.composite(ctx, t, req, compositeFormat(req), token, false)
+		return e.composite(ctx, t, req, format, token, false)
 	case northbound.KindObserveComposite:
-		return e.composite(ctx, t, req, compositeFormat(req), token, true)
+		return e.composite(ctx, t, req, format, token, true)
 	case northbound.KindWriteComposite:
-		return e.writeComposite(ctx, t, req, compositeFormat(req), token)
+		return e.writeComposite(ctx, t, req, format, token)
 	case northbound.KindCancelObserve:
 		return e.cancel(ctx, t, req, token)
 	}
@@ -120,13 +120,18 @@ func (e *Executor) Do(ctx context.Context, t Target, req *northbound.Req, token 
 // PickFormat returns the content format of a request: the one it names, or
 // one the device supports (SenML CBOR for LwM2M 1.1 and later, TLV for 1.0,
 // unless the registration's root link announces its formats with "ct").
+// Composite requests take SenML, CBOR unless the device announced JSON
+// only.
 func PickFormat(reg *registration.Registration, req *northbound.Req) uint16 {
 	if req.ContentFormat != nil {
 		return *req.ContentFormat
 	}
 	announced := announcedFormats(reg)
 	prefer := []uint16{codec.SenMLCBOR, codec.TLV, codec.SenMLJSON, codec.LwM2MJSON}
-	if reg == nil || reg.Version == "" || reg.Version == "1.0" {
+	switch {
+	case req.Composite():
+		prefer = []uint16{codec.SenMLCBOR, codec.SenMLJSON}
+	case reg == nil || reg.Version == "" || reg.Version == "1.0":
 		prefer = []uint16{codec.TLV, codec.LwM2MJSON, codec.SenMLCBOR, codec.SenMLJSON}
 	}
 	if len(announced) > 0 {
@@ -160,13 +165,6 @@ func announcedFormats(reg *registration.Registration) map[uint16]bool {
 		return m
 	}
 	return nil
-}
-
-func compositeFormat(req *northbound.Req) uint16 {
-	if req.ContentFormat != nil {
-		return *req.ContentFormat
-	}
-	return codec.SenMLCBOR
 }
 
 // uriPath returns the CoAP path of an LwM2M path under the device's root

@@ -32,6 +32,8 @@ func TestPickFormat(t *testing.T) {
 		{reg("1.0", "11543"), northbound.Req{Kind: "read"}, codec.LwM2MJSON},
 		{reg("1.1", "110"), northbound.Req{Kind: "read", ContentFormat: f(0)}, codec.TextPlain},
 		{nil, northbound.Req{Kind: "read"}, codec.TLV},
+		{reg("1.1", ""), northbound.Req{Kind: "readComposite"}, codec.SenMLCBOR},
+		{reg("1.1", "110 11542"), northbound.Req{Kind: "observeComposite"}, codec.SenMLJSON},
 	} {
 		if got := PickFormat(c.reg, &c.req); got != c.want {
 			t.Errorf("PickFormat(%+v, %+v) = %d, want %d", c.reg, c.req, got, c.want)

@@ -82,9 +82,8 @@ func (s *sessions) len() int {
 // reg, which this instance owns (dispatch.Executor). ctx bounds it.
 func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ticket string, req *northbound.Req) (*northbound.Resp, error) {
 	ep := reg.Endpoint
-	var err error
 	if req.Kind == northbound.KindCancelObserve {
-		return s.cancelObserve(ctx, reg.ID, ep, req)
+		return s.cancelObserve(ctx, reg, req)
 	}
 	conn := s.sessions.get(ep)
 	if conn == nil {
@@ -94,21 +93,15 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 	observe := req.Kind == northbound.KindObserve || req.Kind == northbound.KindObserveComposite
 	var token message.Token
 	if observe {
+		var err error
 		if token, err = message.GetToken(); err != nil {
 			return nil, fmt.Errorf("token: %w", err)
 		}
 		// Store the observation before the device can notify.
-		paths := req.Paths
-		if !req.Composite() {
-			paths = []string{req.Path}
-		}
 		obs := &store.Observation{
-			Token: token, Endpoint: ep, RegID: reg.ID, Paths: paths,
+			Token: token, Endpoint: ep, RegID: reg.ID, Paths: req.Targets(),
 			Composite: req.Composite(), ContentFormat: devmgmt.PickFormat(reg, req),
 			Ticket: ticket, Instance: s.cfg.InstanceID, Created: s.now().UnixMilli(),
-		}
-		if req.Composite() {
-			obs.ContentFormat = compositeFormat(req)
 		}
 		if err := s.cfg.Store.AddObservation(ctx, obs); err != nil {
 			s.m.storeErrors.Inc()
@@ -133,21 +126,11 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 	return res.Resp, nil
 }
 
-func compositeFormat(req *northbound.Req) uint16 {
-	if req.ContentFormat != nil {
-		return *req.ContentFormat
-	}
-	return codec.SenMLCBOR
-}
-
 // replaceOlderObservations removes the observations of the same
 // registration on the same paths set up by earlier requests: a new observe
 // replaces an old one (the device keeps one relation per target).
 func (s *Server) replaceOlderObservations(ctx context.Context, regID, ticket string, req *northbound.Req) {
-	paths := req.Paths
-	if !req.Composite() {
-		paths = []string{req.Path}
-	}
+	paths := req.Targets()
 	all, err := s.cfg.Store.ObservationsByRegistration(ctx, regID)
 	if err != nil {
 		return
@@ -164,7 +147,8 @@ func (s *Server) replaceOlderObservations(ctx context.Context, regID, ticket str
 // cancelObserve ends an observation, found by its ticket or its path. The
 // device is told (a GET with Observe 1) when this instance holds its
 // session; otherwise its next notification is refused.
-func (s *Server) cancelObserve(ctx context.Context, regID, ep string, req *northbound.Req) (*northbound.Resp, error) {
+func (s *Server) cancelObserve(ctx context.Context, reg *registration.Registration, req *northbound.Req) (*northbound.Resp, error) {
+	ep := reg.Endpoint
 	var found []*store.Observation
 	if req.ObserveTicket != "" {
 		o, err := s.cfg.Store.ObservationByTicket(ctx, req.ObserveTicket)
@@ -175,7 +159,7 @@ func (s *Server) cancelObserve(ctx context.Context, regID, ep string, req *north
 			found = append(found, o)
 		}
 	} else {
-		all, err := s.cfg.Store.ObservationsByRegistration(ctx, regID)
+		all, err := s.cfg.Store.ObservationsByRegistration(ctx, reg.ID)
 		if err != nil {
 			return nil, fmt.Errorf("observation store: %w", err)
 		}
@@ -189,7 +173,6 @@ func (s *Server) cancelObserve(ctx context.Context, regID, ep string, req *north
 		return &northbound.Resp{Kind: req.Kind, Code: "NOT_FOUND", ErrorMessage: "no such observation"}, nil
 	}
 	conn := s.sessions.get(ep)
-	reg, _ := s.cfg.Store.Get(ctx, regID)
 	for _, o := range found {
 		if _, err := s.cfg.Store.RemoveObservation(ctx, o.Token); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, fmt.Errorf("observation store: %w", err)

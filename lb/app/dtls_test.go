@@ -12,8 +12,8 @@ import (
 
 	"github.com/pion/dtls/v3"
 
-	"github.com/lwm2mcluster/lwm2m/backend/dgram"
 	"github.com/lwm2mcluster/lwm2m/backend/secure"
+	"github.com/lwm2mcluster/lwm2m/backend/secure/securetest"
 	"github.com/lwm2mcluster/lwm2m/lb/health"
 )
 
@@ -21,7 +21,7 @@ import (
 // backend/dgram listener, as --coaps does) with an echo behind it.
 func coapsBackend(t *testing.T, keys map[string]string) string {
 	t.Helper()
-	layer, err := secure.New(secure.Config{
+	addr, _ := securetest.Serve(t, secure.Config{
 		Keys: func(_ context.Context, id string) ([]byte, error) {
 			if k, ok := keys[id]; ok {
 				return []byte(k), nil
@@ -29,39 +29,8 @@ func coapsBackend(t *testing.T, keys map[string]string) string {
 			return nil, errors.New("unknown identity")
 		},
 		NodeID: 0x0102, Logger: slog.New(slog.DiscardHandler), HandshakeTimeout: 5 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl, err := dgram.Listen("127.0.0.1:0", dgram.Config{CIDLen: layer.CIDLen()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := layer.Listener(dl)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.AcceptWithContext(context.Background())
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if c.(*secure.Conn).HandshakeContext(context.Background()) != nil {
-					return
-				}
-				buf := make([]byte, 1500)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					c.Write(append([]byte("echo:"), buf[:n]...))
-				}
-			}()
-		}
-	}()
-	return dl.Addr().String()
+	}, true)
+	return addr.String()
 }
 
 // TestNATDTLSService: a nat-mode DTLS service of the configuration file in

@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/lwm2mcluster/lwm2m/backend/dgram"
 	"github.com/lwm2mcluster/lwm2m/backend/secure"
+	"github.com/lwm2mcluster/lwm2m/backend/secure/securetest"
 	"github.com/lwm2mcluster/lwm2m/lb/health"
 	"github.com/lwm2mcluster/lwm2m/lb/peek"
 )
@@ -154,35 +154,12 @@ func TestDTLSHelloAnswers(t *testing.T) {
 func TestDTLSHelloSecureLayer(t *testing.T) {
 	var looked atomic.Int64
 	reg := prometheus.NewRegistry()
-	layer, err := secure.New(secure.Config{
+	addr, stop := securetest.Serve(t, secure.Config{
 		Keys:             func(context.Context, string) ([]byte, error) { looked.Add(1); return []byte("k"), nil },
 		Logger:           slog.New(slog.DiscardHandler),
 		HandshakeTimeout: 300 * time.Millisecond,
 		Registerer:       reg,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl, err := dgram.Listen("127.0.0.1:0", dgram.Config{CIDLen: layer.CIDLen()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := layer.Listener(dl)
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.AcceptWithContext(context.Background())
-			if err != nil {
-				return
-			}
-			go func() {
-				if c.(*secure.Conn).HandshakeContext(context.Background()) != nil {
-					c.Close()
-				}
-			}()
-		}
-	}()
-	addr := dl.Addr().(*net.UDPAddr).AddrPort()
+	}, false)
 	c := start(t, health.Config{Probe: health.ProbeDTLSHello, Fall: 2}, health.Target{ID: "coaps", Addr: addr})
 	checkState(t, c.next(t, long), "coaps", true, 1, 0)
 	c.none(t, time.Second)
@@ -203,7 +180,7 @@ func TestDTLSHelloSecureLayer(t *testing.T) {
 	// The bug this probe fixes: the CoAP ping finds the port dead.
 	ping := start(t, health.Config{Fall: 2}, health.Target{ID: "coaps", Addr: addr})
 	checkState(t, ping.next(t, long), "coaps", false, 0, 2)
-	ln.Close()
+	stop()
 	checkState(t, c.next(t, long), "coaps", false, 0, 2)
 }
 

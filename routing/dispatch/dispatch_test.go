@@ -50,9 +50,16 @@ type cluster struct {
 	resp  northbound.Subscription
 }
 
-// newCluster starts a dispatcher per id on one in-process bus and store;
-// every id is announced as a member.
+// newCluster starts a dispatcher per id on one in-process bus and store,
+// each with a fakeExec; every id is announced as a member.
 func newCluster(t *testing.T, ids ...string) *cluster {
+	t.Helper()
+	return newClusterWith(t, nil, ids...)
+}
+
+// newClusterWith is newCluster with each dispatcher's Config changed by
+// tune (which may replace the executor).
+func newClusterWith(t *testing.T, tune func(*Config), ids ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, bus: northbound.NewBroker(), st: memstore.New(0), execs: map[string]*fakeExec{}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -64,7 +71,11 @@ func newCluster(t *testing.T, ids ...string) *cluster {
 		}
 		ex := &fakeExec{id: id}
 		c.execs[id] = ex
-		d, err := New(Config{InstanceID: id, Bus: c.bus, State: c.st, Exec: ex, Logger: quiet, OwnerGrace: 300 * time.Millisecond})
+		cfg := Config{InstanceID: id, Bus: c.bus, State: c.st, Exec: ex, Logger: quiet, OwnerGrace: 300 * time.Millisecond}
+		if tune != nil {
+			tune(&cfg)
+		}
+		d, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,34 +277,7 @@ func TestExecutorErrors(t *testing.T) {
 // requests (OwnerGrace) holds no worker, so a burst of fan-out requests for
 // a's devices does not delay b's own.
 func TestFanOutForOthersDoesNotBlock(t *testing.T) {
-	bus := northbound.NewBroker()
-	defer bus.Close()
-	st := memstore.New(0)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for _, id := range []string{"a", "b"} {
-		if err := st.Announce(ctx, store.Member{ID: id, State: store.StateActive}, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-		d, err := New(Config{InstanceID: id, Bus: bus, State: st, Exec: &fakeExec{id: id}, Logger: quiet,
-			Workers: 2, OwnerGrace: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		sub, err := d.Subscribe(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); d.Serve(ctx, sub) }()
-	}
-	c := &cluster{t: t, bus: bus, st: st}
-	resp, err := bus.Subscribe(ctx, northbound.ChannelResp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.resp = resp
+	c := newClusterWith(t, func(cfg *Config) { cfg.Workers, cfg.OwnerGrace = 2, 5*time.Second }, "a", "b")
 	c.register("dev-a", "a")
 	c.register("dev-b", "b")
 	for i := 0; i < 20; i++ {
@@ -321,29 +305,7 @@ func (slowExec) Execute(ctx context.Context, reg *registration.Registration, tic
 // answer hold no worker; the instance goes on answering for other devices,
 // and answers the waiting ones with a timeout err.
 func TestSleepyDeviceDoesNotBlock(t *testing.T) {
-	bus := northbound.NewBroker()
-	defer bus.Close()
-	st := memstore.New(0)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	if err := st.Announce(ctx, store.Member{ID: "a", State: store.StateActive}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Config{InstanceID: "a", Bus: bus, State: st, Exec: slowExec{}, Logger: quiet, Workers: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := d.Subscribe(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg.Add(1)
-	go func() { defer wg.Done(); d.Serve(ctx, sub) }()
-	c := &cluster{t: t, bus: bus, st: st}
-	if c.resp, err = bus.Subscribe(ctx, northbound.ChannelResp); err != nil {
-		t.Fatal(err)
-	}
+	c := newClusterWith(t, func(cfg *Config) { cfg.Exec, cfg.Workers = slowExec{}, 2 }, "a")
 	c.register("sleepy", "a")
 	c.register("awake", "a")
 	for i := 0; i < 6; i++ {

@@ -117,6 +117,15 @@ func (r *Req) Composite() bool {
 	return r.Kind == KindReadComposite || r.Kind == KindObserveComposite || r.Kind == KindWriteComposite
 }
 
+// Targets returns the paths a request addresses: Paths for the composite
+// kinds, else Path alone.
+func (r *Req) Targets() []string {
+	if r.Composite() {
+		return r.Paths
+	}
+	return []string{r.Path}
+}
+
 // TimeoutMs returns the request's timeout in milliseconds.
 func (r *Req) TimeoutMs() int64 {
 	if r.Timeout == nil {
