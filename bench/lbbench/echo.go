@@ -11,11 +11,11 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/lwm2mcluster/lwm2m/lb/peek"
 	"github.com/lwm2mcluster/lwm2m/lb/proxyv2"
+	"github.com/lwm2mcluster/lwm2m/lb/udpio"
 )
 
 // Echo defaults.
@@ -28,8 +28,9 @@ const (
 	DefaultSocketBuffer = 4 << 20
 )
 
-// maxDatagram is the largest datagram an echo worker receives whole.
-const maxDatagram = 2048
+// maxDatagram is the largest read: with receive offload, one read can hold
+// 64 KiB of coalesced datagrams.
+const maxDatagram = 65535
 
 // EchoConfig configures an [Echo].
 type EchoConfig struct {
@@ -168,83 +169,91 @@ func (e *Echo) closeConns() error {
 	return errors.Join(errs...)
 }
 
-// serve is one worker's loop: read a batch, build the replies, write them.
+// serve is one worker's loop: read a batch, answer each datagram in place,
+// write the answers. The socket uses UDP segmentation and receive offload
+// where the kernel has them: behind lwm2m-lb in proxy mode, the balancer's
+// datagrams arrive coalesced and the answers, all to the balancer, leave
+// the same way, as they would from an lwm2m-server with offload.
 func (e *Echo) serve(c *net.UDPConn) {
-	pc := ipv4.NewPacketConn(c)
-	in := make([]ipv4.Message, e.batch)
-	out := make([]ipv4.Message, e.batch)
-	// Reply headers (and ping answers) are built in hdrs; the payload is
-	// sent from the receive buffer it arrived in, as a second iovec.
-	hdrs := make([][]byte, e.batch)
-	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, maxDatagram)}
-		out[i].Buffers = make([][]byte, 0, 2)
-		hdrs[i] = make([]byte, 0, proxyv2.IPv6Len+peek.CoAPPingLen)
+	conn, err := udpio.NewConn(c, e.batch)
+	if err != nil {
+		return
 	}
+	_ = conn.EnableGSO() // best effort: without it, one datagram per send
+	_ = conn.EnableGRO()
+	in := make([]udpio.Msg, e.batch)
+	for i := range in {
+		in[i].Buf = make([]byte, maxDatagram)
+	}
+	out := make([]udpio.Msg, 0, e.batch)
 	for {
-		n, err := pc.ReadBatch(in, 0)
+		n, err := conn.ReadBatch(in)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue // for example ECONNREFUSED left by an ICMP error
 		}
-		k := 0
+		out = out[:0]
+		received := 0
 		for i := range n {
-			b := in[i].Buffers[0][:in[i].N]
-			bufs, ok := e.reply(out[k].Buffers[:0], hdrs[k][:0], b)
-			if !ok {
-				continue
+			m := &in[i]
+			for off := 0; ; {
+				d, next, ok := m.Segment(off)
+				if !ok {
+					break
+				}
+				received++
+				if k := e.reply(d); k >= 0 {
+					out = append(out, udpio.Msg{Buf: m.Buf, Offset: m.Offset + off, N: k, Addr: m.Addr})
+				}
+				off = next
 			}
-			out[k].Buffers = bufs
-			out[k].Addr = in[i].Addr
-			k++
 		}
-		e.received.Add(uint64(n))
-		if dropped := n - k; dropped > 0 {
+		e.received.Add(uint64(received))
+		if dropped := received - len(out); dropped > 0 {
 			e.dropped.Add(uint64(dropped))
 		}
-		for sent := 0; sent < k; {
-			m, err := pc.WriteBatch(out[sent:k], 0)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				// Drop the datagram that failed and go on with the rest.
-				e.dropped.Add(1)
-				m++
-			} else {
-				e.replied.Add(uint64(m))
-			}
-			sent += m
+		sent, err := conn.WriteBatch(out)
+		e.replied.Add(uint64(sent))
+		if lost := len(out) - sent; lost > 0 {
+			e.dropped.Add(uint64(lost))
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
 		}
 	}
 }
 
-// reply appends to bufs the buffers of the reply to datagram b, using hdr
-// for a header or a ping answer, and reports whether there is a reply.
-func (e *Echo) reply(bufs [][]byte, hdr, b []byte) ([][]byte, bool) {
+// reply turns datagram b, in place, into its answer and returns the
+// answer's length, or -1 when there is none. An answer is never longer than
+// the datagram: a PROXY header with source and destination swapped has the
+// same length, and a CoAP reset the length of the ping it answers.
+func (e *Echo) reply(b []byte) int {
 	if !e.proxyV2 {
 		if mid, ok := peek.IsCoAPPing(b); ok {
 			e.pings.Add(1)
-			return append(bufs, peek.AppendCoAPReset(hdr, mid)), true
+			return len(peek.AppendCoAPReset(b[:0], mid))
 		}
-		return append(bufs, b), true
+		return len(b)
 	}
 	h, payload, err := proxyv2.Parse(b)
 	if err != nil {
-		return bufs, false
+		return -1
 	}
+	hl := len(b) - len(payload)
 	switch h.Command {
 	case proxyv2.Proxy:
-		hdr = proxyv2.AppendHeader(hdr, proxyv2.Proxy, h.Dst, h.Src)
-		return append(bufs, hdr, payload), true
+		if len(proxyv2.AppendHeader(b[:0], proxyv2.Proxy, h.Dst, h.Src)) != hl {
+			return -1
+		}
+		return len(b)
 	case proxyv2.Local:
 		if mid, ok := peek.IsCoAPPing(payload); ok {
 			e.pings.Add(1)
-			hdr = proxyv2.AppendHeader(hdr, proxyv2.Local, netip.AddrPort{}, netip.AddrPort{})
-			return append(bufs, peek.AppendCoAPReset(hdr, mid)), true
+			hdr := proxyv2.AppendHeader(b[:0], proxyv2.Local, netip.AddrPort{}, netip.AddrPort{})
+			return len(peek.AppendCoAPReset(hdr, mid))
 		}
 	}
-	return bufs, false
+	return -1
 }

@@ -78,6 +78,7 @@ func run(args []string) error {
 	fs.IntVar(&cfg.MaxFlows, "max-flows", balancer.DefaultMaxFlows, "flow table size (LRU beyond); in nat mode also the cap on upstream sockets")
 	fs.Uint64Var(&cfg.MaglevSize, "maglev-size", maglev.DefaultSize, "Maglev table size (a prime)")
 	fs.IntVar(&cfg.Workers, "workers", 0, "sockets/goroutines per service address (0: GOMAXPROCS)")
+	fs.BoolVar(&cfg.NoUDPOffload, "no-udp-offload", false, "proxy mode: send and read datagrams one by one instead of in GSO/GRO batches")
 	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:9684", "admin HTTP address: /healthz, /metrics, /backends (empty disables)")
 	fs.StringVar(&file, "c", "", "JSON configuration file with several services (see docs/operations.md); SIGHUP reloads it")
 	logf.Register(fs)

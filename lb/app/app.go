@@ -82,6 +82,8 @@ type Config struct {
 	MaxFlows        int      `json:"maxFlows,omitempty"`
 	MaglevSize      uint64   `json:"maglevSize,omitempty"`
 	Workers         int      `json:"workers,omitempty"`
+	// NoUDPOffload turns off UDP GSO/GRO on proxy-mode sockets.
+	NoUDPOffload bool `json:"noUdpOffload,omitempty"`
 	// CIDLen is the DTLS Connection ID length the instances issue
 	// (default 8), for DTLS services.
 	CIDLen int `json:"cidLen,omitempty"`
@@ -237,7 +239,8 @@ func serviceKey(c Config, s Service) string {
 		HI, HT, FI  Duration
 		R, F, MF, W int
 		MS          uint64
-	}{s.Listen, s.Mode, s.BackendPort, s.DTLS, c.CIDLen, c.HealthInterval, c.HealthTimeout, c.FlowIdleTimeout, c.Rise, c.Fall, c.MaxFlows, c.Workers, c.MaglevSize})
+		NO          bool
+	}{s.Listen, s.Mode, s.BackendPort, s.DTLS, c.CIDLen, c.HealthInterval, c.HealthTimeout, c.FlowIdleTimeout, c.Rise, c.Fall, c.MaxFlows, c.Workers, c.MaglevSize, c.NoUDPOffload})
 	return string(b)
 }
 
@@ -307,7 +310,7 @@ func (a *App) startService(ctx context.Context, cfg Config, s Service) (*running
 	b, err := balancer.New(balancer.Config{
 		Name: s.Name, Listen: listen, Mode: mode, Workers: cfg.Workers, CIDLen: cidLen,
 		FlowIdleTimeout: time.Duration(cfg.FlowIdleTimeout), MaxFlows: cfg.MaxFlows, MaglevSize: cfg.MaglevSize,
-		Health: hc, Logger: a.log, Registerer: reg,
+		NoOffload: cfg.NoUDPOffload, Health: hc, Logger: a.log, Registerer: reg,
 	})
 	if err != nil {
 		return nil, err

@@ -97,6 +97,11 @@ type Config struct {
 	Batch int
 	// SocketBuffer is SO_RCVBUF/SO_SNDBUF per socket (default 4 MiB).
 	SocketBuffer int
+	// NoOffload turns off UDP segmentation and receive offload (GSO/GRO)
+	// on the proxy-mode sockets, which otherwise carry each worker's
+	// datagrams to a backend, and the backend's replies, through the
+	// kernel in batches.
+	NoOffload bool
 	// CIDLen, when not 0, makes this a DTLS service: a datagram whose first
 	// record carries a Connection ID of this length (RFC 9146) goes to the
 	// backend whose node id starts the CID, whatever its source address.

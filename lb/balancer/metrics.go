@@ -29,6 +29,7 @@ type counters struct {
 	readErrors, writeErrors  atomic.Uint64
 	natOpened                atomic.Uint64
 	cidRouted, cidUnknown    atomic.Uint64
+	coalesced                atomic.Uint64
 	dropped                  [numDrops]atomic.Uint64
 	_                        [64]byte
 }
@@ -43,7 +44,7 @@ type metrics struct {
 	natExpired  prometheus.Counter
 
 	rx, tx, replies, batches, readErrors, writeErrors, natOpened, dropped, flows, natFlows *prometheus.Desc
-	cidRouted, cidUnknown                                                                  *prometheus.Desc
+	cidRouted, cidUnknown, coalesced                                                       *prometheus.Desc
 }
 
 func newMetrics(reg prometheus.Registerer, service string, b *Balancer) *metrics {
@@ -70,6 +71,7 @@ func newMetrics(reg prometheus.Registerer, service string, b *Balancer) *metrics
 		natFlows:    desc("lwm2m_lb_nat_flows", "Open NAT-mode upstream sockets."),
 		cidRouted:   desc("lwm2m_lb_cid_routed_total", "DTLS records routed by Connection ID to their node."),
 		cidUnknown:  desc("lwm2m_lb_cid_unknown_total", "DTLS records whose Connection ID names no usable node (placed by the flow table instead)."),
+		coalesced:   desc("lwm2m_lb_coalesced_reads_total", "Reads that carried several datagrams of one sender (UDP receive offload)."),
 	}
 	m.all = append(m.all, m.relayCounters)
 	if reg != nil {
@@ -88,7 +90,7 @@ func (m *metrics) newCounters() *counters {
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.rx, m.tx, m.replies, m.batches, m.readErrors, m.writeErrors, m.natOpened, m.dropped, m.flows, m.natFlows, m.cidRouted, m.cidUnknown} {
+	for _, d := range []*prometheus.Desc{m.rx, m.tx, m.replies, m.batches, m.readErrors, m.writeErrors, m.natOpened, m.dropped, m.flows, m.natFlows, m.cidRouted, m.cidUnknown, m.coalesced} {
 		ch <- d
 	}
 }
@@ -96,7 +98,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Totals are the summed counters.
 type Totals struct {
 	Received, Sent, Replies, Batches, ReadErrors, WriteErrors, NATOpened uint64
-	CIDRouted, CIDUnknown                                                uint64
+	CIDRouted, CIDUnknown, Coalesced                                     uint64
 	Dropped                                                              map[string]uint64
 }
 
@@ -116,6 +118,7 @@ func (b *Balancer) Totals() Totals {
 		t.NATOpened += c.natOpened.Load()
 		t.CIDRouted += c.cidRouted.Load()
 		t.CIDUnknown += c.cidUnknown.Load()
+		t.Coalesced += c.coalesced.Load()
 		for i := range c.dropped {
 			t.Dropped[dropNames[i]] += c.dropped[i].Load()
 		}
@@ -138,6 +141,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.natOpened, t.NATOpened)
 	counter(m.cidRouted, t.CIDRouted)
 	counter(m.cidUnknown, t.CIDUnknown)
+	counter(m.coalesced, t.Coalesced)
 	for i, name := range dropNames {
 		counter(m.dropped, t.Dropped[name], dropNames[i])
 	}

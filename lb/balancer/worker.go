@@ -27,6 +27,15 @@ type worker struct {
 	out     []udpio.Msg
 	c       *counters
 	relay   *natRelay // NAT mode: relays the replies of the flows this worker opens
+
+	// Proxy mode: datagrams for each backend (by id) are queued together,
+	// so that a GSO socket sends each backend's run in one go.
+	fwd    [][]udpio.Msg
+	fwdIDs []int32 // ids with queued datagrams, in first-queued order
+	// spill holds client datagrams that came coalesced (GRO) behind
+	// another one, so they have no headroom for their PROXY header.
+	spill  []byte
+	spillN int
 }
 
 func newWorker(b *Balancer, pc *net.UDPConn, vip netip.AddrPort, service uint16) (*worker, error) {
@@ -49,8 +58,23 @@ func newWorker(b *Balancer, pc *net.UDPConn, vip netip.AddrPort, service uint16)
 			return nil, err
 		}
 	}
+	if b.cfg.Mode == ModeProxy && !b.cfg.NoOffload {
+		// Every datagram to a backend, and every reply from it, travels
+		// over one 4-tuple per worker and backend: segmentation and receive
+		// offload carry a batch of them through the kernel as one.
+		if err := conn.EnableGSO(); err != nil {
+			b.log.Warn("UDP segmentation offload unavailable; sending datagrams one by one", "err", err)
+		}
+		if err := conn.EnableGRO(); err != nil {
+			b.log.Warn("UDP receive offload unavailable; reading datagrams one by one", "err", err)
+		}
+		w.spill = make([]byte, spillSize)
+	}
 	return w, nil
 }
+
+// spillSize is a proxy worker's room for coalesced client datagrams.
+const spillSize = 64 << 10
 
 func (w *worker) run() error {
 	for {
@@ -67,54 +91,35 @@ func (w *worker) run() error {
 	}
 }
 
-// handle processes n received datagrams and sends what they produce.
+// handle processes n received reads and sends what they produce.
 func (w *worker) handle(n int, now time.Time) {
 	s := w.b.snap.Load()
 	w.out = w.out[:0]
+	w.spillN = 0
 	for i := 0; i < n; i++ {
 		m := &w.in[i]
-		w.c.rx.Add(1)
-		if _, fromBackend := s.byAddr[m.Addr]; fromBackend {
-			if w.b.cfg.Mode == ModeProxy {
-				w.reply(m)
-			} else {
-				w.c.dropped[dropStray].Add(1)
-			}
+		if m.Seg == 0 {
+			w.datagram(s, m, true, now)
 			continue
 		}
-		if bytes.HasPrefix(m.Payload(), proxySignature) {
-			w.c.dropped[dropForged].Add(1)
-			continue
+		// Several datagrams of one sender, coalesced by the kernel.
+		w.c.coalesced.Add(1)
+		for off := 0; off < m.N; off += m.Seg {
+			d := udpio.Msg{Buf: m.Buf, Offset: m.Offset + off, N: min(m.Seg, m.N-off), Addr: m.Addr}
+			w.datagram(s, &d, off == 0, now)
 		}
-		key := flowtable.MakeKey(m.Addr, w.service)
-		if w.b.cfg.CIDLen > 0 {
-			if node, ok := peek.DTLSCID(m.Payload(), w.b.cfg.CIDLen); ok {
-				if id, ok := s.byNode[node]; ok && s.usable[id] {
-					// The session's node, wherever the device now sends
-					// from; its new address follows in the flow table.
-					w.b.flows.Insert(key, id, now)
-					w.c.cidRouted.Add(1)
-					if w.b.cfg.Mode == ModeNAT {
-						w.b.nat.forward(w, s, id, m.Addr, m.Payload(), now)
-					} else {
-						w.forward(m, s.addrs[id])
-					}
-					continue
-				}
-				w.c.cidUnknown.Add(1)
-			}
-		}
-		id, ok := w.b.pick(s, key, m.Addr, now)
-		if !ok {
-			w.c.dropped[dropNoBackend].Add(1)
-			continue
-		}
-		if w.b.cfg.Mode == ModeNAT {
-			w.b.nat.forward(w, s, id, m.Addr, m.Payload(), now)
-			continue
-		}
-		w.forward(m, s.addrs[id])
 	}
+	w.flush()
+}
+
+// flush sends the queued datagrams: the replies to clients, then each
+// backend's run. w.out keeps what was sent until the next handle.
+func (w *worker) flush() {
+	for _, id := range w.fwdIDs {
+		w.out = append(w.out, w.fwd[id]...)
+		w.fwd[id] = w.fwd[id][:0]
+	}
+	w.fwdIDs = w.fwdIDs[:0]
 	if len(w.out) > 0 {
 		sent, err := w.conn.WriteBatch(w.out)
 		w.c.tx.Add(uint64(sent))
@@ -124,20 +129,86 @@ func (w *worker) handle(n int, now time.Time) {
 	}
 }
 
+// datagram routes one datagram. headroom reports whether the bytes before
+// it in m.Buf are free for a PROXY header.
+func (w *worker) datagram(s *snapshot, m *udpio.Msg, headroom bool, now time.Time) {
+	w.c.rx.Add(1)
+	if _, fromBackend := s.byAddr[m.Addr]; fromBackend {
+		if w.b.cfg.Mode == ModeProxy {
+			w.reply(m)
+		} else {
+			w.c.dropped[dropStray].Add(1)
+		}
+		return
+	}
+	if bytes.HasPrefix(m.Payload(), proxySignature) {
+		w.c.dropped[dropForged].Add(1)
+		return
+	}
+	key := flowtable.MakeKey(m.Addr, w.service)
+	if w.b.cfg.CIDLen > 0 {
+		if node, ok := peek.DTLSCID(m.Payload(), w.b.cfg.CIDLen); ok {
+			if id, ok := s.byNode[node]; ok && s.usable[id] {
+				// The session's node, wherever the device now sends
+				// from; its new address follows in the flow table.
+				w.b.flows.Insert(key, id, now)
+				w.c.cidRouted.Add(1)
+				if w.b.cfg.Mode == ModeNAT {
+					w.b.nat.forward(w, s, id, m.Addr, m.Payload(), now)
+				} else {
+					w.forward(m, headroom, id, s.addrs[id])
+				}
+				return
+			}
+			w.c.cidUnknown.Add(1)
+		}
+	}
+	id, ok := w.b.pick(s, key, m.Addr, now)
+	if !ok {
+		w.c.dropped[dropNoBackend].Add(1)
+		return
+	}
+	if w.b.cfg.Mode == ModeNAT {
+		w.b.nat.forward(w, s, id, m.Addr, m.Payload(), now)
+		return
+	}
+	w.forward(m, headroom, id, s.addrs[id])
+}
+
 // forward prefixes the datagram with a PROXY v2 header, in the headroom
-// before the payload, and queues it to the backend.
-func (w *worker) forward(m *udpio.Msg, to netip.AddrPort) {
+// before the payload (or, without headroom, in the spill space), and queues
+// it to backend id at to.
+func (w *worker) forward(m *udpio.Msg, headroom bool, id int32, to netip.AddrPort) {
 	hl := proxyv2.IPv6Len
 	if m.Addr.Addr().Is4() && w.vip.Addr().Is4() {
 		hl = proxyv2.IPv4Len
 	}
-	start := m.Offset - hl
-	h := proxyv2.AppendHeader(m.Buf[start:start], proxyv2.Proxy, m.Addr, w.vip)
+	buf, start := m.Buf, m.Offset-hl
+	if !headroom {
+		if w.spillN+hl+m.N > len(w.spill) {
+			w.flush() // what is queued points into the spill space
+			w.out, w.spillN = w.out[:0], 0
+		}
+		if hl+m.N > len(w.spill) {
+			w.c.dropped[dropInternal].Add(1)
+			return
+		}
+		buf, start = w.spill, w.spillN
+		copy(buf[start+hl:], m.Payload())
+		w.spillN += hl + m.N
+	}
+	h := proxyv2.AppendHeader(buf[start:start], proxyv2.Proxy, m.Addr, w.vip)
 	if len(h) != hl {
 		w.c.dropped[dropInternal].Add(1)
 		return
 	}
-	w.out = append(w.out, udpio.Msg{Buf: m.Buf, Offset: start, N: m.N + hl, Addr: to})
+	for int(id) >= len(w.fwd) {
+		w.fwd = append(w.fwd, make([]udpio.Msg, 0, cap(w.out)))
+	}
+	if len(w.fwd[id]) == 0 {
+		w.fwdIDs = append(w.fwdIDs, id)
+	}
+	w.fwd[id] = append(w.fwd[id], udpio.Msg{Buf: buf, Offset: start, N: m.N + hl, Addr: to})
 }
 
 // reply strips a backend's PROXY header and queues the payload to the

@@ -45,6 +45,12 @@ type Conn struct {
 	wn    int
 	werr  error
 	wfn   func(fd uintptr) bool
+
+	// Offload state (offload_linux.go).
+	gro  bool
+	rctl []byte // one control buffer of ctlSpace bytes per read slot
+	gso  bool
+	g    gsoState
 }
 
 // NewConn prepares batched I/O of up to batch datagrams per call on pc.
@@ -96,6 +102,10 @@ func (c *Conn) ReadBatch(ms []Msg) (int, error) {
 		h.Iov = &c.riov[i]
 		h.SetIovlen(1)
 		h.Control, h.Controllen, h.Flags = nil, 0, 0
+		if c.gro {
+			h.Control = &c.rctl[i*ctlSpace]
+			h.SetControllen(ctlSpace)
+		}
 	}
 	c.rms, c.rn, c.rerr = ms[:n], 0, nil
 	if err := c.rc.Read(c.rfn); err != nil {
@@ -108,6 +118,10 @@ func (c *Conn) ReadBatch(ms []Msg) (int, error) {
 	for i := 0; i < got; i++ {
 		ms[i].N = int(c.rh[i].len)
 		ms[i].Addr = decode(&c.rname[i])
+		ms[i].Seg = 0
+		if c.gro {
+			c.groSegments(&ms[i], &c.rh[i].hdr, i)
+		}
 	}
 	c.rms = nil
 	return got, nil
@@ -132,7 +146,21 @@ func (c *Conn) doRead(fd uintptr) bool {
 // returns how many were sent. A datagram the kernel refuses for its
 // destination (wrong address family, unreachable) is skipped and not
 // counted; on any other error the rest are not sent.
+//
+// With GSO enabled (EnableGSO), each run of consecutive datagrams to one
+// destination whose sizes are equal (the last may be shorter) goes out as
+// one segmented send: callers that want the saving put datagrams for one
+// destination next to each other.
 func (c *Conn) WriteBatch(ms []Msg) (int, error) {
+	if c.gso {
+		return c.writeGSO(ms)
+	}
+	return c.writePlain(ms)
+}
+
+// writePlain is WriteBatch without segmentation offload: one datagram per
+// message header.
+func (c *Conn) writePlain(ms []Msg) (int, error) {
 	done, skipped := 0, 0
 	for done < len(ms) {
 		sent := done
@@ -160,9 +188,7 @@ func (c *Conn) WriteBatch(ms []Msg) (int, error) {
 		if c.werr != nil {
 			// A datagram the kernel refused (for example an address of the
 			// wrong family): skip it and go on with the rest.
-			if errors.Is(c.werr, unix.EAFNOSUPPORT) || errors.Is(c.werr, unix.EINVAL) ||
-				errors.Is(c.werr, unix.ENETUNREACH) || errors.Is(c.werr, unix.EHOSTUNREACH) ||
-				errors.Is(c.werr, unix.ECONNREFUSED) || errors.Is(c.werr, unix.EPERM) {
+			if refused(c.werr) {
 				done++
 				skipped++
 				continue
@@ -172,6 +198,14 @@ func (c *Conn) WriteBatch(ms []Msg) (int, error) {
 		done += c.wn
 	}
 	return done - skipped, nil
+}
+
+// refused reports whether a send error is about one datagram's destination,
+// so that the datagram is skipped and the batch goes on.
+func refused(err error) bool {
+	return errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EINVAL) ||
+		errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) ||
+		errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EPERM)
 }
 
 func (c *Conn) doWrite(fd uintptr) bool {

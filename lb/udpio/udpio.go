@@ -9,6 +9,15 @@
 // benchmarks), hence this package. It also opens SO_REUSEPORT sockets, one
 // per worker.
 //
+// UDP segmentation offload (Linux 4.18) and UDP receive offload (Linux 5.0)
+// are available per Conn ([Conn.EnableGSO], [Conn.EnableGRO]): with GSO,
+// WriteBatch sends a run of equal-size datagrams to one destination as one
+// "super-datagram" that crosses the network stack once and is cut into
+// datagrams at the last moment (by the NIC, or in software); with GRO,
+// ReadBatch may return several datagrams of one sender in one Msg (see
+// Msg.Seg). The balancer's proxy mode sends every datagram of a worker to a
+// backend over one 4-tuple, so both apply there.
+//
 // A Conn is used by one goroutine at a time for reading and one for writing.
 package udpio
 
@@ -30,10 +39,34 @@ type Msg struct {
 	Offset int
 	N      int
 	Addr   netip.AddrPort
+	// Seg is set by ReadBatch on a Conn with GRO enabled when the kernel
+	// coalesced several datagrams of Addr into this one: Buf[Offset:
+	// Offset+N] then holds datagrams of Seg bytes each, the last possibly
+	// shorter. 0 means one datagram. Use Segment to walk them.
+	Seg int
 }
 
-// Payload returns the datagram's bytes.
+// Payload returns the datagram's bytes (all of them, when Seg is set).
 func (m *Msg) Payload() []byte { return m.Buf[m.Offset : m.Offset+m.N] }
+
+// Segment returns the datagram that starts at byte off of the payload and
+// where to look for the next one; ok is false past the end. Start with off
+// 0 (an empty datagram is one empty segment):
+//
+//	for d, next, ok := m.Segment(0); ok; d, next, ok = m.Segment(next) { ... }
+func (m *Msg) Segment(off int) (d []byte, next int, ok bool) {
+	if off == 0 && m.N == 0 {
+		return m.Buf[m.Offset:m.Offset], 1, true
+	}
+	if off >= m.N || off < 0 {
+		return nil, off, false
+	}
+	end := m.N
+	if m.Seg > 0 && off+m.Seg < end {
+		end = off + m.Seg
+	}
+	return m.Buf[m.Offset+off : m.Offset+end], end, true
+}
 
 // ListenReusePort opens a UDP socket with SO_REUSEPORT on addr, so that
 // several sockets (one per worker) share one address and the kernel spreads
