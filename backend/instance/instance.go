@@ -62,6 +62,8 @@ type Options struct {
 	InstanceID string
 	// AdminAddr is the HTTP admin address; empty disables it.
 	AdminAddr string
+	// Pprof serves Go's profiles on the admin address (/debug/pprof/).
+	Pprof bool
 	// Advertise is the backend address announced in the membership, for
 	// balancers (default: the CoAP listener's address).
 	Advertise string
@@ -269,7 +271,7 @@ func Start(ctx context.Context, o Options) (_ *Instance, err error) {
 
 	if o.AdminAddr != "" {
 		a, err := admin.Listen(admin.Config{
-			Addr: o.AdminAddr, Gatherer: reg, Logger: in.log,
+			Addr: o.AdminAddr, Gatherer: reg, Logger: in.log, Pprof: o.Pprof,
 			Health: in.store.Ping,
 			Handlers: map[string]http.Handler{
 				"GET /members": admin.JSON(func(ctx context.Context) (any, error) { return in.store.Members(ctx) }),

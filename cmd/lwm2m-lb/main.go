@@ -80,6 +80,7 @@ func run(args []string) error {
 	fs.IntVar(&cfg.Workers, "workers", 0, "sockets/goroutines per service address (0: GOMAXPROCS)")
 	fs.BoolVar(&cfg.NoUDPOffload, "no-udp-offload", false, "proxy mode: send and read datagrams one by one instead of in GSO/GRO batches")
 	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:9684", "admin HTTP address: /healthz, /metrics, /backends (empty disables)")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's runtime profiles on the admin address under /debug/pprof/")
 	fs.StringVar(&file, "c", "", "JSON configuration file with several services (see docs/operations.md); SIGHUP reloads it")
 	logf.Register(fs)
 	if err := fs.Parse(args); err != nil {

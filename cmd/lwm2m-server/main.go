@@ -53,6 +53,7 @@ func run(args []string) error {
 	fs.StringVar(&o.KeyPrefix, "key-prefix", redisstore.DefaultPrefix, "prefix of every Redis key")
 	fs.StringVar(&o.InstanceID, "instance-id", "", "instance id in ownership records and events (default: host name)")
 	fs.StringVar(&o.AdminAddr, "admin", "127.0.0.1:9683", "admin HTTP address for /healthz, /metrics, /members (empty disables)")
+	fs.BoolVar(&o.Pprof, "pprof", false, "also serve Go's runtime profiles on the admin address under /debug/pprof/")
 	fs.StringVar(&o.Advertise, "advertise", "", "backend address announced to balancers in the membership (default: the --coap address)")
 	fs.DurationVar(&o.Grace, "expiry-grace", store.DefaultGrace, "time past a registration's lifetime before it expires")
 	fs.DurationVar(&o.SweepInterval, "sweep-interval", server.DefaultSweepInterval, "how often expired registrations are swept")

@@ -1,5 +1,6 @@
 // Package admin serves an instance's operations HTTP endpoint: /healthz,
-// /metrics (Prometheus text format) and role-specific JSON pages.
+// /metrics (Prometheus text format), role-specific JSON pages and, when
+// asked for, Go's profiles under /debug/pprof/.
 package admin
 
 import (
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +28,9 @@ type Config struct {
 	Health func(ctx context.Context) error
 	// Handlers are extra pages, by path.
 	Handlers map[string]http.Handler
+	// Pprof serves Go's runtime profiles under /debug/pprof/ (heap,
+	// goroutines, CPU); off by default, as they expose internals.
+	Pprof bool
 	Logger   *slog.Logger
 }
 
@@ -52,6 +57,13 @@ func Listen(cfg Config) (*Server, error) {
 	})
 	for p, h := range cfg.Handlers {
 		mux.Handle(p, h)
+	}
+	if cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

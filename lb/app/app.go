@@ -70,6 +70,8 @@ type Service struct {
 // Config is lwm2m-lb's configuration (the -c file, or built from flags).
 type Config struct {
 	Admin string `json:"admin,omitempty"`
+	// Pprof serves Go's profiles on the admin address (/debug/pprof/).
+	Pprof bool `json:"pprof,omitempty"`
 	// Discover is a Redis URL whose membership supplies the backends.
 	Discover  string `json:"discover,omitempty"`
 	KeyPrefix string `json:"keyPrefix,omitempty"`
@@ -214,7 +216,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	}
 	if cfg.Admin != "" {
 		adm, err := admin.Listen(admin.Config{
-			Addr: cfg.Admin, Gatherer: prometheus.GathererFunc(a.gather), Logger: log, Health: a.health,
+			Addr: cfg.Admin, Gatherer: prometheus.GathererFunc(a.gather), Logger: log, Health: a.health, Pprof: cfg.Pprof,
 			Handlers: map[string]http.Handler{
 				"GET /backends": admin.JSON(func(context.Context) (any, error) { return a.Backends(), nil }),
 			},
