@@ -12,9 +12,10 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
 
-# Runs a local server on the embedded default (in-memory state, no Redis).
+# Runs a local cluster on the embedded default (lwm2m-lb in proxy mode in
+# front of three lwm2m-server instances, in-memory state, no Redis).
 run: build
-	./$(BIN)/lwm2m-server --coap 127.0.0.1:5683 --admin 127.0.0.1:9683
+	./$(BIN)/lwm2m-cluster
 
 deps:
 	./scripts/deps.sh nginx

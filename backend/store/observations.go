@@ -38,14 +38,20 @@ type Observation struct {
 // Removing a registration (Registrations.Remove, RemoveExpired, or Add
 // replacing the endpoint's registration with one of another id) removes its
 // observations in the same atomic step; they are not returned there, so a
-// caller that needs them calls RemoveObservations first. AddObservation does
-// not check that o.RegID is registered: an observation added while its
-// registration is removed elsewhere stays until RemoveObservations.
+// caller that needs them calls RemoveObservations first. AddObservation
+// stores an observation only while o.RegID is the current registration of
+// o.Endpoint, checked atomically with the insert: an observation added
+// concurrently with its registration's removal is either refused
+// (ErrNotRegistered) or stored and then deleted by the removal, so none
+// outlives its registration.
 //
 // Lookups and removals with a token or ticket that could never be stored
 // (see CheckToken) return ErrNotFound.
 type Observations interface {
-	// AddObservation stores o. A token already stored is replaced.
+	// AddObservation stores o. A token already stored is replaced. It
+	// returns an error wrapping ErrInvalidObservation (see Validate), or
+	// ErrNotRegistered when o.RegID is not a current registration or not
+	// o.Endpoint's; then nothing is stored or replaced.
 	AddObservation(ctx context.Context, o *Observation) error
 	// ObservationByToken returns the observation with the token, or ErrNotFound.
 	ObservationByToken(ctx context.Context, token []byte) (*Observation, error)
@@ -66,6 +72,11 @@ const MaxTokenLength = 8
 // ErrInvalidObservation wraps the errors of Observation.Validate and
 // CheckToken.
 var ErrInvalidObservation = errors.New("invalid observation")
+
+// ErrNotRegistered is returned by AddObservation when the observation's
+// RegID is not a current registration, or is the registration of another
+// endpoint than o.Endpoint.
+var ErrNotRegistered = errors.New("registration not found")
 
 // ErrInvalidTicket wraps the errors of CheckTicketClaim.
 var ErrInvalidTicket = errors.New("invalid ticket claim")

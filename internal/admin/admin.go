@@ -30,8 +30,8 @@ type Config struct {
 	Handlers map[string]http.Handler
 	// Pprof serves Go's runtime profiles under /debug/pprof/ (heap,
 	// goroutines, CPU); off by default, as they expose internals.
-	Pprof bool
-	Logger   *slog.Logger
+	Pprof  bool
+	Logger *slog.Logger
 }
 
 // Server is a running admin endpoint.

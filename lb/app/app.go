@@ -89,6 +89,10 @@ type Config struct {
 	// CIDLen is the DTLS Connection ID length the instances issue
 	// (default 8), for DTLS services.
 	CIDLen int `json:"cidLen,omitempty"`
+	// Membership, when set, supplies the backends instead of the Redis
+	// of Discover: in-process instances sharing an in-memory store
+	// (lwm2m-cluster). Not part of the file.
+	Membership store.Membership `json:"-"`
 
 	Services []Service `json:"services"`
 }
@@ -136,12 +140,15 @@ func (c *Config) Validate() error {
 		if _, err := balancer.ParseMode(s.Mode); err != nil {
 			return fmt.Errorf("config: service %s: %w", s.Name, err)
 		}
-		if len(s.Backends) == 0 && c.Discover == "" {
+		if len(s.Backends) == 0 && !c.discovering() {
 			return fmt.Errorf("config: service %s has no backends and no discovery", s.Name)
 		}
 	}
 	return nil
 }
+
+// discovering reports whether backends come from a membership.
+func (c *Config) discovering() bool { return c.Discover != "" || c.Membership != nil }
 
 func (s *Service) listen() ([]netip.AddrPort, error) {
 	if len(s.Listen) == 0 {
@@ -186,6 +193,9 @@ type App struct {
 	reg  *prometheus.Registry
 	adm  *admin.Server
 	disc *redisstore.Store
+	// stopDisc ends the membership watch; discDone closes when it has.
+	stopDisc context.CancelFunc
+	discDone chan struct{}
 
 	mu       sync.Mutex
 	cfg      Config
@@ -205,14 +215,26 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Stop()
 		return nil, err
 	}
-	if cfg.Discover != "" {
+	var src store.Membership
+	switch {
+	case cfg.Membership != nil:
+		src = cfg.Membership
+	case cfg.Discover != "":
 		s, err := redisstore.Open(ctx, cfg.Discover, redisstore.Options{Prefix: cfg.KeyPrefix})
 		if err != nil {
 			a.Stop()
 			return nil, fmt.Errorf("--discover: %w", err)
 		}
-		a.disc = s
-		go discovery.Watch(context.WithoutCancel(ctx), s, discovery.DefaultInterval, log, a.setMembers)
+		a.disc, src = s, s
+	}
+	if src != nil {
+		dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		a.stopDisc = cancel
+		a.discDone = make(chan struct{})
+		go func() {
+			defer close(a.discDone)
+			discovery.Watch(dctx, src, discovery.DefaultInterval, log, a.setMembers)
+		}()
 	}
 	if cfg.Admin != "" {
 		adm, err := admin.Listen(admin.Config{
@@ -365,7 +387,7 @@ func (a *App) setMembers(ms []store.Member) {
 
 func (a *App) updateBackendsLocked(r *running) {
 	bs, _ := r.svc.backends()
-	if a.cfg.Discover != "" {
+	if a.cfg.discovering() {
 		for _, d := range discovery.Backends(a.members, r.svc.BackendPort, r.svc.DTLS) {
 			if !slices.ContainsFunc(bs, func(x balancer.Backend) bool { return x.Addr == d.Addr }) {
 				bs = append(bs, d)
@@ -383,6 +405,7 @@ func (a *App) Reload(ctx context.Context, cfg Config) error {
 	a.mu.Lock()
 	old := a.cfg
 	a.mu.Unlock()
+	cfg.Membership = old.Membership // in-process only, never in a file
 	if cfg.Discover != old.Discover || cfg.Admin != old.Admin || cfg.KeyPrefix != old.KeyPrefix {
 		return errors.New("reload: admin, discover and keyPrefix need a restart")
 	}
@@ -445,6 +468,10 @@ func (a *App) Stop() {
 		delete(a.services, name)
 	}
 	a.mu.Unlock()
+	if a.stopDisc != nil {
+		a.stopDisc()
+		<-a.discDone
+	}
 	if a.disc != nil {
 		_ = a.disc.Close()
 	}

@@ -2,6 +2,7 @@ package memstore
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/lwm2mcluster/lwm2m/backend/store"
@@ -41,7 +42,11 @@ func (s *Store) ClaimTicket(_ context.Context, ticket, instance string, ttl time
 	return true, nil
 }
 
-// AddObservation implements store.Observations.
+// AddObservation implements store.Observations. The registration check
+// and the insert are under s.mu, which the registration removals (Add,
+// Remove, RemoveExpired) hold while they delete observations, so an
+// observation is either refused or stored before its registration's
+// removal deletes it.
 func (s *Store) AddObservation(_ context.Context, o *store.Observation) error {
 	if err := o.Validate(); err != nil {
 		return err
@@ -50,6 +55,9 @@ func (s *Store) AddObservation(_ context.Context, o *store.Observation) error {
 	tok := string(c.Token)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if r := s.byEP[s.byID[c.RegID]]; r == nil || r.ID != c.RegID || r.Endpoint != c.Endpoint {
+		return fmt.Errorf("%w: %s of endpoint %q", store.ErrNotRegistered, c.RegID, c.Endpoint)
+	}
 	if old := s.obsByToken[tok]; old != nil {
 		s.unindexObservation(old)
 	}

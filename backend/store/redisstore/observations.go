@@ -50,10 +50,23 @@ local function removeRegObs(prefix, regId)
 end
 `
 
-// addObservationScript: KEYS[1]=obs:tok:<hex>; ARGV: prefix, hex token,
-// data, regId, ticket. Replaces the token's previous observation (and its
-// indexes) and indexes the new one.
+// notRegisteredReply is the prefix of addObservationScript's error reply
+// when the observation's registration does not exist (store.ErrNotRegistered).
+const notRegisteredReply = "NOTREG"
+
+// addObservationScript: KEYS[1]=obs:tok:<hex>, KEYS[2]=reg:id:<regId>;
+// ARGV: prefix, hex token, data, regId, ticket, endpoint. Unless regId is
+// the current registration of endpoint (reg:id:<regId> names the endpoint,
+// whose record has that id), stores nothing and returns the error
+// notRegisteredReply: the registration scripts delete a registration and its
+// observations in one step, so an observation is either refused or deleted
+// with its registration. Else replaces the token's previous observation (and
+// its indexes) and indexes the new one.
 var addObservationScript = redis.NewScript(observationsLua + `
+if redis.call('GET', KEYS[2]) ~= ARGV[6] or
+   redis.call('HGET', ARGV[1] .. 'reg:ep:' .. ARGV[6], 'id') ~= ARGV[4] then
+  return redis.error_reply('` + notRegisteredReply + ` registration ' .. ARGV[4] .. ' of endpoint ' .. ARGV[6] .. ' not found')
+end
 local cur = redis.call('HMGET', KEYS[1], 'regId', 'ticket')
 if cur[1] or cur[2] then unindexObs(ARGV[1], ARGV[2], cur) end
 redis.call('HSET', KEYS[1], 'data', ARGV[3], 'regId', ARGV[4], 'ticket', ARGV[5])
@@ -112,7 +125,8 @@ func decodeObservations(data []string) ([]*store.Observation, error) {
 	return out, nil
 }
 
-// AddObservation implements store.Observations.
+// AddObservation implements store.Observations; the registration check is
+// in the same script as the insert.
 func (s *Store) AddObservation(ctx context.Context, o *store.Observation) error {
 	if err := o.Validate(); err != nil {
 		return err
@@ -122,8 +136,11 @@ func (s *Store) AddObservation(ctx context.Context, o *store.Observation) error 
 		return fmt.Errorf("redisstore: encode observation: %w", err)
 	}
 	h := hex.EncodeToString(o.Token)
-	err = addObservationScript.Run(ctx, s.c, []string{s.obsTokenKey(h)},
-		s.prefix, h, data, o.RegID, o.Ticket).Err()
+	err = addObservationScript.Run(ctx, s.c, []string{s.obsTokenKey(h), s.idKey(o.RegID)},
+		s.prefix, h, data, o.RegID, o.Ticket, o.Endpoint).Err()
+	if redis.HasErrorPrefix(err, notRegisteredReply) {
+		return fmt.Errorf("redisstore: add observation %s: %w: %s of endpoint %q", h, store.ErrNotRegistered, o.RegID, o.Endpoint)
+	}
 	if err != nil {
 		return fmt.Errorf("redisstore: add observation %s: %w", h, err)
 	}

@@ -2,8 +2,10 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -196,6 +198,11 @@ func TestObservationKeysCleaned(t *testing.T) {
 		func(i int, r *registration.Registration) error {
 			// Replacing each observation (other registration, other ticket)
 			// moves its indexes; removing the replacements leaves nothing.
+			other := storetest.NewReg("other", 6001, 60, now)
+			other.ID = "reg-other"
+			if _, err := s.Add(ctx, other); err != nil {
+				return err
+			}
 			for j := range 3 {
 				o := &store.Observation{Token: []byte{byte(i), byte(j)}, Endpoint: "other", RegID: "reg-other",
 					Paths: []string{"/4/0"}, Ticket: fmt.Sprintf("u%d-%d", i, j)}
@@ -241,6 +248,71 @@ func TestObservationKeysCleaned(t *testing.T) {
 		}
 		if _, err := s.RemoveExpired(ctx, now.Add(time.Hour), 100); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestRefusedObservationsLeaveNoKeys checks that observations of a
+// registration that does not exist, or that is removed while they are
+// added, leave no obs: key behind.
+func TestRefusedObservationsLeaveNoKeys(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	open := func() *redisstore.Store {
+		s, err := redisstore.Open(ctx, srv.URL, redisstore.Options{Prefix: "p:"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	a, b := open(), open()
+	c := srv.Client(t)
+	obsKeys := func() []string {
+		t.Helper()
+		keys, err := c.Keys(ctx, "p:obs:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	o := &store.Observation{Token: []byte{1}, Endpoint: "ep", RegID: "reg-none", Paths: []string{"/3/0"}, Ticket: "t"}
+	if err := a.AddObservation(ctx, o); !errors.Is(err, store.ErrNotRegistered) {
+		t.Fatalf("AddObservation(unknown registration) err = %v, want ErrNotRegistered", err)
+	}
+	if k := obsKeys(); len(k) != 0 {
+		t.Fatalf("keys after a refused observation: %v", k)
+	}
+	for round := range 5 {
+		r := storetest.NewReg("ep", 7000, 60, time.Now())
+		if _, err := a.Add(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := a
+				if g%2 == 1 {
+					s = b
+				}
+				for j := range 50 {
+					o := &store.Observation{Token: []byte{byte(round), byte(g), byte(j)}, Endpoint: "ep", RegID: r.ID,
+						Paths: []string{"/3/0"}, Ticket: fmt.Sprintf("t%d-%d-%d", round, g, j)}
+					if err := s.AddObservation(ctx, o); err != nil && !errors.Is(err, store.ErrNotRegistered) {
+						t.Errorf("AddObservation: %v", err)
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round) * time.Millisecond)
+		if _, err := b.Remove(ctx, r.ID); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if k := obsKeys(); len(k) != 0 {
+			t.Fatalf("round %d: keys left after the race with Remove: %v", round, k)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,6 +125,21 @@ func newObs(token []byte, ep, regID, ticket string, paths ...string) *store.Obse
 	}
 }
 
+// regPorts gives each registration of register its own device port.
+var regPorts atomic.Uint32
+
+// register stores a registration of endpoint ep with the id regID (Add), so
+// that observations of regID can be added.
+func register(t *testing.T, c context.Context, s store.Store, ep, regID string) *registration.Registration {
+	t.Helper()
+	r := NewReg(ep, uint16(46000+regPorts.Add(1)%10000), 60, time.Now())
+	r.ID = regID
+	if _, err := s.Add(c, r); err != nil {
+		t.Fatalf("Add(%s, %s): %v", ep, regID, err)
+	}
+	return r
+}
+
 func sameObs(a, b *store.Observation) bool {
 	return a != nil && b != nil && bytes.Equal(a.Token, b.Token) && a.Endpoint == b.Endpoint &&
 		a.RegID == b.RegID && slices.Equal(a.Paths, b.Paths) && a.Composite == b.Composite &&
@@ -191,6 +207,9 @@ func testObservationIndexes(t *testing.T, newStore Factory) {
 	o2 := newObs([]byte{0, 1, 2, 3, 4, 5, 6, 7}, "dev-o", "reg-1", "t-2", "/3/0/0", "/5/0")
 	o2.Composite, o2.ContentFormat = true, 112
 	o3 := newObs([]byte{0x00}, "dev-p", "reg-2", "urn:ticket/ä*?[x]", "/3303/0/5700")
+	register(t, c, a, "dev-o", "reg-1")
+	register(t, c, b, "dev-p", "reg-2")
+	register(t, c, a, "dev-q", "reg-3")
 	for _, o := range []*store.Observation{o1, o2, o3} {
 		if err := a.AddObservation(c, o.Clone()); err != nil {
 			t.Fatal(err)
@@ -229,6 +248,7 @@ func testObservationIndexes(t *testing.T, newStore Factory) {
 func testObservationInvalid(t *testing.T, newStore Factory) {
 	s := newStore(t, time.Second)
 	c := ctx(t)
+	register(t, c, s, "dev-i", "reg-i")
 	for name, o := range map[string]*store.Observation{
 		"nil":          nil,
 		"no token":     newObs(nil, "dev-i", "reg-i", "t-i", "/3/0"),
@@ -267,12 +287,14 @@ func testObservationInvalid(t *testing.T, newStore Factory) {
 func testObservationReplace(t *testing.T, newStore Factory) {
 	a, b := newStore(t, time.Second), newStore(t, time.Second)
 	c := ctx(t)
+	register(t, c, a, "dev-r", "reg-r1")
+	register(t, c, b, "dev-r2", "reg-r2")
 	first := newObs([]byte{1, 2, 3}, "dev-r", "reg-r1", "t-r1", "/3/0")
 	if err := a.AddObservation(c, first); err != nil {
 		t.Fatal(err)
 	}
 	// The same token again, through another instance: replaces it and its indexes.
-	second := newObs([]byte{1, 2, 3}, "dev-r", "reg-r2", "t-r2", "/4/0", "/5/0")
+	second := newObs([]byte{1, 2, 3}, "dev-r2", "reg-r2", "t-r2", "/4/0", "/5/0")
 	second.Composite, second.Instance = true, "inst-b"
 	if err := b.AddObservation(c, second); err != nil {
 		t.Fatal(err)
@@ -285,7 +307,7 @@ func testObservationReplace(t *testing.T, newStore Factory) {
 	checkRegObs(t, c, a, "reg-r2", second)
 	// A ticket given to another token resolves to the newer one, and stays
 	// when the older one is removed.
-	other := newObs([]byte{4, 5}, "dev-r", "reg-r2", "t-r2", "/6/0")
+	other := newObs([]byte{4, 5}, "dev-r2", "reg-r2", "t-r2", "/6/0")
 	if err := a.AddObservation(c, other); err != nil {
 		t.Fatal(err)
 	}
@@ -305,6 +327,7 @@ func testObservationReplace(t *testing.T, newStore Factory) {
 func testObservationRemoveOnce(t *testing.T, newStore Factory) {
 	a, b := newStore(t, time.Second), newStore(t, time.Second)
 	c := ctx(t)
+	register(t, c, a, "dev-ro", "reg-ro")
 	o := newObs([]byte{9, 9}, "dev-ro", "reg-ro", "t-ro", "/3/0/13")
 	keep := newObs([]byte{9, 8}, "dev-ro", "reg-ro", "t-keep", "/3/0/9")
 	for _, x := range []*store.Observation{o, keep} {
@@ -359,6 +382,8 @@ func testObservationRemoveOnce(t *testing.T, newStore Factory) {
 func testObservationsRemoveOnce(t *testing.T, newStore Factory) {
 	a, b := newStore(t, time.Second), newStore(t, time.Second)
 	c := ctx(t)
+	register(t, c, a, "dev-m", "reg-m")
+	register(t, c, b, "dev-n", "reg-n")
 	const n = 10
 	var all []*store.Observation
 	for i := range n {
@@ -505,5 +530,202 @@ func testObservationsGoWithRegistration(t *testing.T, newStore Factory) {
 	checkRegObs(t, c, a, renewed.ID)
 	if l, err := a.RemoveObservations(c, regs["removed"].ID); err != nil || len(l) != 0 {
 		t.Fatalf("RemoveObservations after the registration's removal = %v, %v; want none", l, err)
+	}
+}
+
+// checkRefused fails unless AddObservation(o) returns store.ErrNotRegistered
+// and stores nothing: o is not found by token, ticket or registration.
+func checkRefused(t *testing.T, c context.Context, s, other store.Store, o *store.Observation, why string) {
+	t.Helper()
+	if err := s.AddObservation(c, o.Clone()); !errors.Is(err, store.ErrNotRegistered) {
+		t.Fatalf("%s: AddObservation(%s of %s) err = %v, want ErrNotRegistered", why, o.RegID, o.Endpoint, err)
+	}
+	checkObsGone(t, c, other, o, why)
+	checkRegObs(t, c, other, o.RegID)
+}
+
+func testObservationNeedsRegistration(t *testing.T, newStore Factory) {
+	a, b := newStore(t, time.Second), newStore(t, time.Second)
+	c := ctx(t)
+
+	// (a) A registration id that was never registered.
+	checkRefused(t, c, a, b, newObs([]byte{0x40, 1}, "dev-u", "reg-unknown", "t-u1", "/3/0"), "unknown registration")
+	// A refused observation leaves the observation holding its token or
+	// ticket alone.
+	register(t, c, a, "dev-k", "reg-k")
+	keep := newObs([]byte{0x40, 2}, "dev-k", "reg-k", "t-k", "/3/0")
+	if err := b.AddObservation(c, keep); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []*store.Observation{
+		newObs([]byte{0x40, 2}, "dev-u", "reg-unknown", "t-u2", "/4/0"), // keep's token
+		newObs([]byte{0x40, 3}, "dev-u", "reg-unknown", "t-k", "/4/0"),  // keep's ticket
+	} {
+		if err := a.AddObservation(c, o); !errors.Is(err, store.ErrNotRegistered) {
+			t.Fatalf("AddObservation(%x, %s) err = %v, want ErrNotRegistered", o.Token, o.Ticket, err)
+		}
+	}
+	checkObsThere(t, c, b, keep, "after refused observations with its token and ticket")
+	checkRegObs(t, c, b, "reg-k", keep)
+	checkRegObs(t, c, b, "reg-unknown")
+	if _, err := b.ObservationByTicket(c, "t-u2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("refused observation's ticket resolves: %v", err)
+	}
+	if _, err := b.ObservationByToken(c, []byte{0x40, 3}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("refused observation's token resolves: %v", err)
+	}
+
+	// (b) A registration removed just before, by each of the three paths.
+	register(t, c, a, "dev-gone", "reg-gone")
+	if _, err := b.Remove(c, "reg-gone"); err != nil {
+		t.Fatal(err)
+	}
+	checkRefused(t, c, a, b, newObs([]byte{0x41, 1}, "dev-gone", "reg-gone", "t-gone", "/3/0"), "removed registration")
+
+	register(t, c, a, "dev-rep", "reg-rep-old")
+	register(t, c, b, "dev-rep", "reg-rep-new")
+	checkRefused(t, c, a, b, newObs([]byte{0x41, 2}, "dev-rep", "reg-rep-old", "t-rep-old", "/3/0"), "replaced registration")
+	renewed := newObs([]byte{0x41, 3}, "dev-rep", "reg-rep-new", "t-rep-new", "/3/0")
+	if err := a.AddObservation(c, renewed); err != nil {
+		t.Fatalf("AddObservation(replacing registration): %v", err)
+	}
+	checkObsThere(t, c, b, renewed, "observation of the replacing registration")
+
+	now := time.Now()
+	exp := NewReg("dev-exp", 45999, 1, now)
+	exp.ID = "reg-exp"
+	if _, err := a.Add(c, exp); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := b.RemoveExpired(c, now.Add(10*time.Second), 100); err != nil || len(l) != 1 || l[0].ID != "reg-exp" {
+		t.Fatalf("RemoveExpired = %v, %v; want reg-exp", l, err)
+	}
+	checkRefused(t, c, a, b, newObs([]byte{0x41, 4}, "dev-exp", "reg-exp", "t-exp", "/3/0"), "expired registration")
+
+	// (c) The registration id of another endpoint.
+	register(t, c, a, "dev-x", "reg-x")
+	register(t, c, a, "dev-y", "reg-y")
+	checkRefused(t, c, a, b, newObs([]byte{0x42, 1}, "dev-y", "reg-x", "t-xy", "/3/0"), "endpoint mismatch")
+	checkRefused(t, c, a, b, newObs([]byte{0x42, 2}, "dev-unknown", "reg-x", "t-xu", "/3/0"), "unknown endpoint")
+	checkRefused(t, c, a, b, newObs([]byte{0x42, 3}, "", "reg-x", "t-xe", "/3/0"), "no endpoint")
+	ok := newObs([]byte{0x42, 4}, "dev-x", "reg-x", "t-xx", "/3/0")
+	if err := b.AddObservation(c, ok); err != nil {
+		t.Fatalf("AddObservation(matching endpoint): %v", err)
+	}
+	checkObsThere(t, c, a, ok, "observation with the right endpoint")
+	checkRegObs(t, c, a, "reg-x", ok)
+	checkRegObs(t, c, a, "reg-y")
+}
+
+// testObservationRegistrationRace adds observations of a registration from
+// many goroutines (two instances) while the registration is removed: no
+// observation outlives the removal, and every add after it is refused.
+func testObservationRegistrationRace(t *testing.T, newStore Factory) {
+	for _, tc := range []struct {
+		name   string
+		remove func(c context.Context, s store.Store, r *registration.Registration) error
+	}{
+		{"Remove", func(c context.Context, s store.Store, r *registration.Registration) error {
+			_, err := s.Remove(c, r.ID)
+			return err
+		}},
+		{"Replace", func(c context.Context, s store.Store, r *registration.Registration) error {
+			old, err := s.Add(c, NewReg(r.Endpoint, r.Port+1, 60, time.Now()))
+			if err == nil && (old == nil || old.ID != r.ID) {
+				err = fmt.Errorf("Add(replacement) replaced %v, want %s", old, r.ID)
+			}
+			return err
+		}},
+		{"Expire", func(c context.Context, s store.Store, r *registration.Registration) error {
+			l, err := s.RemoveExpired(c, time.Now().Add(time.Hour), 100)
+			if err == nil && (len(l) != 1 || l[0].ID != r.ID) {
+				err = fmt.Errorf("RemoveExpired = %v, want %s", l, r.ID)
+			}
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newStore(t, time.Second), newStore(t, time.Second)
+			c := ctx(t)
+			r := register(t, c, a, "dev-race", "reg-race")
+			const (
+				adders   = 8
+				after    = 3    // adds each adder makes once the removal is done
+				maxAdds  = 2000 // adds before an adder waits for the removal
+				minAdded = adders
+			)
+			var (
+				removed  = make(chan struct{}) // closed once the removal is done
+				added    atomic.Int64
+				started  = make(chan struct{})
+				startOne sync.Once
+				mu       sync.Mutex
+				tried    []*store.Observation
+				wg       sync.WaitGroup
+			)
+			for g := range adders {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					s := a
+					if g%2 == 1 {
+						s = b
+					}
+					left := after
+					for j := 0; left > 0; j++ {
+						if j == maxAdds {
+							startOne.Do(func() { close(started) })
+							<-removed
+						}
+						var done bool
+						select {
+						case <-removed:
+							done = true
+						default:
+						}
+						o := newObs([]byte{0x50, byte(g), byte(j >> 8), byte(j)}, "dev-race", "reg-race",
+							fmt.Sprintf("t-race-%d-%d", g, j), "/3/0")
+						mu.Lock()
+						tried = append(tried, o)
+						mu.Unlock()
+						err := s.AddObservation(c, o)
+						switch {
+						case err == nil:
+							if done {
+								t.Errorf("AddObservation after the registration was removed succeeded (%x)", o.Token)
+							}
+							if added.Add(1) >= minAdded {
+								startOne.Do(func() { close(started) })
+							}
+						case errors.Is(err, store.ErrNotRegistered):
+						default:
+							t.Errorf("AddObservation(%x): %v", o.Token, err)
+						}
+						if done {
+							left--
+						}
+					}
+				}()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer close(removed)
+				<-started
+				if err := tc.remove(c, b, r); err != nil {
+					t.Errorf("removing the registration: %v", err)
+				}
+			}()
+			wg.Wait()
+			if t.Failed() {
+				return
+			}
+			t.Logf("%d observations added, %d tried", added.Load(), len(tried))
+			checkRegObs(t, c, a, "reg-race")
+			checkRegObs(t, c, b, "reg-race")
+			for _, o := range tried {
+				checkObsGone(t, c, a, o, "after the race with the removal")
+			}
+		})
 	}
 }

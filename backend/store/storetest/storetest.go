@@ -58,6 +58,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"ObservationRemoveOnce", testObservationRemoveOnce},
 		{"ObservationsRemoveOnce", testObservationsRemoveOnce},
 		{"ObservationsGoWithRegistration", testObservationsGoWithRegistration},
+		{"ObservationNeedsRegistration", testObservationNeedsRegistration},
+		{"ObservationRegistrationRace", testObservationRegistrationRace},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newStore) })
