@@ -430,9 +430,11 @@ func (e *Executor) create(ctx context.Context, t Target, req *northbound.Req, fo
 	return res, nil
 }
 
-func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req, format uint16, token message.Token, observe bool) (*Result, error) {
-	paths := make([]node.Path, 0, len(req.Paths))
-	for _, s := range req.Paths {
+// encodePathList encodes the payload of a Read- or Observe-Composite
+// request: the paths, in format.
+func encodePathList(format uint16, list []string) ([]byte, error) {
+	paths := make([]node.Path, 0, len(list))
+	for _, s := range list {
 		p, err := node.ParsePath(s)
 		if err != nil {
 			return nil, fmt.Errorf("devmgmt: %w", err)
@@ -442,6 +444,14 @@ func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req,
 	payload, err := codec.EncodePaths(format, paths)
 	if err != nil {
 		return nil, fmt.Errorf("devmgmt: encode %s: %w", codec.FormatName(format), err)
+	}
+	return payload, nil
+}
+
+func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req, format uint16, token message.Token, observe bool) (*Result, error) {
+	payload, err := encodePathList(format, req.Paths)
+	if err != nil {
+		return nil, err
 	}
 	if observe && token == nil {
 		return nil, errors.New("devmgmt: observe needs a token")

@@ -104,11 +104,22 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 			Ticket: ticket, Instance: s.cfg.InstanceID, Created: s.now().UnixMilli(),
 		}
 		if err := s.cfg.Store.AddObservation(ctx, obs); err != nil {
+			if errors.Is(err, store.ErrNotRegistered) {
+				// De-registered (or expired, or registered anew) while
+				// this request was on its way: no observation.
+				return nil, fmt.Errorf("%s is no longer registered (registration %s): %w", ep, reg.ID, err)
+			}
 			s.m.storeErrors.Inc()
 			return nil, fmt.Errorf("observation store: %w", err)
 		}
 	}
+	done := func() {}
+	if observe {
+		// go-coap assembles the answer if it comes block-wise.
+		done = s.observing.add(token)
+	}
 	res, err := s.exec.Do(ctx, t, req, token)
+	done()
 	if observe && (err != nil || !res.Observed) {
 		// No observation was established (an error, or a device that
 		// answered without the Observe option: a plain read).
@@ -180,9 +191,11 @@ func (s *Server) cancelObserve(ctx context.Context, reg *registration.Registrati
 		s.m.observations.WithLabelValues("cancel").Inc()
 		if conn != nil && !o.Composite && len(o.Paths) == 1 {
 			creq := &northbound.Req{Kind: northbound.KindCancelObserve, Path: o.Paths[0], ContentFormat: &o.ContentFormat}
+			done := s.observing.add(o.Token)
 			if _, err := s.exec.Do(ctx, devmgmt.Target{Conn: conn, Reg: reg}, creq, o.Token); err != nil {
 				s.log.Debug("proactive observe cancel not answered", "ep", ep, "err", err)
 			}
+			done()
 		}
 	}
 	return &northbound.Resp{Kind: req.Kind, Code: "DELETED"}, nil
@@ -191,7 +204,8 @@ func (s *Server) cancelObserve(ctx context.Context, reg *registration.Registrati
 // notification handles a response message that matched no request of this
 // session: an observe notification, possibly for an observation another
 // instance set up before the device moved here. It is published with the
-// observe's ticket; unknown tokens are answered with a reset.
+// observe's ticket; unknown tokens are answered with a reset. A
+// notification sent block-wise is completed by fetchNotification.
 func (s *Server) notification(w *responseWriter, r *pool.Message) {
 	if len(r.Token()) == 0 {
 		return
@@ -217,25 +231,39 @@ func (s *Server) notification(w *responseWriter, r *pool.Message) {
 	if err := s.cfg.Store.SetOwner(ctx, o.Endpoint, s.cfg.InstanceID); err != nil {
 		s.m.storeErrors.Inc()
 	}
-	kind := northbound.KindObserve
-	if o.Composite {
-		kind = northbound.KindObserveComposite
+	if b, more, err := notificationBlock(r); more || err != nil {
+		s.fetchNotification(w.Conn(), o, r, b, err)
+		return
 	}
-	resp := &northbound.Resp{Kind: kind, Code: devmgmt.CodeName(r.Code()), Observe: true}
+	// A whole value supersedes an older one still being fetched.
+	s.fetches.stop(string(o.Token))
 	body, err := readAll(r)
+	if err != nil {
+		s.publishNotification(ctx, o, &northbound.Resp{Kind: observeKind(o), Code: "INTERNAL_SERVER_ERROR",
+			Observe: true, ErrorMessage: "cannot read the notification: " + err.Error()})
+		return
+	}
+	s.publishBody(ctx, o, r.Code(), notificationFormat(o, r), body)
+}
+
+func observeKind(o *store.Observation) string {
+	if o.Composite {
+		return northbound.KindObserveComposite
+	}
+	return northbound.KindObserve
+}
+
+// publishBody publishes a notification of o: the device's code and its
+// whole payload, decoded from format.
+func (s *Server) publishBody(ctx context.Context, o *store.Observation, code codes.Code, format uint16, body []byte) {
+	resp := &northbound.Resp{Kind: observeKind(o), Code: devmgmt.CodeName(code), Observe: true}
 	switch {
-	case err != nil:
-		resp.Code, resp.ErrorMessage = "INTERNAL_SERVER_ERROR", "cannot read the notification: "+err.Error()
-	case !devmgmt.Success(r.Code()):
+	case !devmgmt.Success(code):
 		// The device ended the observation with an error code.
 		resp.ErrorMessage = string(body)
 		_, _ = s.cfg.Store.RemoveObservation(ctx, o.Token)
 		s.m.observations.WithLabelValues("ended-by-device").Inc()
 	default:
-		format := o.ContentFormat
-		if cf, err := r.ContentFormat(); err == nil {
-			format = uint16(cf)
-		}
 		if o.Composite {
 			nodes, err := s.exec.DecodeComposite(format, body, o.Paths)
 			if err != nil {

@@ -50,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"op"}),
 		observations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lwm2m_observations_total",
-			Help: "Observation events on this instance, by event (start, notify, cancel, replaced, unknown-token, ended-by-device, deregistered).",
+			Help: "Observation events on this instance, by event (start, notify, cancel, replaced, unknown-token, ended-by-device, deregistered; for notifications sent block-wise and not published: blockwise-invalid, blockwise-too-large, blockwise-failed, blockwise-superseded).",
 		}, []string{"event"}),
 	}
 	if reg != nil {

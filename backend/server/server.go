@@ -32,6 +32,10 @@ const (
 	DefaultSweepBatch    = 256
 	DefaultIdleTimeout   = 5 * time.Minute
 	DefaultStoreTimeout  = 5 * time.Second
+	// DefaultNotificationTimeout bounds getting the later blocks of a
+	// notification sent block-wise, like a northbound request without
+	// a timeout.
+	DefaultNotificationTimeout = northbound.DefaultTimeoutMs * time.Millisecond
 )
 
 // Config configures a Server.
@@ -57,6 +61,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// StoreTimeout bounds each store operation made for a request.
 	StoreTimeout time.Duration
+	// NotificationTimeout bounds getting the later blocks of a
+	// notification the device sends block-wise (RFC 7959 section 2.6).
+	NotificationTimeout time.Duration
 	// Registry is the object model used to decode and encode values;
 	// model.Default() when nil.
 	Registry *model.Registry
@@ -70,6 +77,14 @@ type Server struct {
 	now      func() time.Time
 	exec     *devmgmt.Executor
 	sessions sessions
+	// observing holds the tokens of the observe (and cancel) requests in
+	// flight, whose block-wise answers go-coap assembles; blockTokens
+	// those of the server's own requests for later blocks of
+	// notifications; fetches the block-wise notifications being
+	// completed, by observation token (see blockwise.go).
+	observing   tokenSet
+	blockTokens tokenSet
+	fetches     fetches
 }
 
 // New validates cfg and returns a Server.
@@ -98,6 +113,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = DefaultStoreTimeout
 	}
+	if cfg.NotificationTimeout <= 0 {
+		cfg.NotificationTimeout = DefaultNotificationTimeout
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = model.Default()
 	}
@@ -117,9 +135,16 @@ type Listener = server.Listener
 // ServeCoAP serves CoAP on the sessions of l until ctx is cancelled or l is
 // closed. It closes l when it returns.
 func (s *Server) ServeCoAP(ctx context.Context, l Listener) error {
+	// The sessions' contexts derive from ctx: their background work
+	// (completing block-wise notifications) is tracked by bg, and waited
+	// for on return.
+	bg := &background{}
+	defer bg.close()
+	ctx = context.WithValue(ctx, backgroundKey{}, bg)
 	srv := server.New(
 		options.WithContext(ctx),
 		options.WithHandlerFunc(s.handle),
+		options.WithProcessReceivedMessageFunc(s.receive),
 		options.WithMaxMessageSize(uint32(s.cfg.MaxPayload+1024)),
 		options.WithInactivityMonitor(s.cfg.IdleTimeout, func(cc *udpClient.Conn) {
 			_ = cc.Close()

@@ -117,6 +117,14 @@ type Config struct {
 	// ACKTimeout is the CoAP ACK_TIMEOUT for the device's confirmable
 	// messages; default 2 s (go-coap's default).
 	ACKTimeout time.Duration
+	// BlockSize, when not zero, makes the device send representations
+	// larger than BlockSize bytes block-wise (RFC 7959): answers to GET
+	// and FETCH and notifications carry the first block with Block2 (NUM
+	// 0, M set), and the server gets the later blocks with GET or FETCH
+	// and Block2 NUM 1, 2, ..., answered from the current value. It is
+	// rounded down to a power of two between 16 and 1024. By default a
+	// representation goes in one datagram, whatever its size.
+	BlockSize int
 
 	// PSK, when not nil, makes the device speak CoAP over DTLS 1.2 with
 	// this pre-shared key and PSKIdentity (the server's security info of
@@ -254,6 +262,7 @@ func New(cfg Config) *Device {
 	if cfg.MaxObservations <= 0 {
 		cfg.MaxObservations = 64
 	}
+	cfg.BlockSize = blockSize(cfg.BlockSize)
 	objs := cfg.Objects
 	if objs == nil {
 		if cfg.PSK != nil {

@@ -62,6 +62,7 @@ type notification struct {
 	cf      int
 	body    []byte
 	from    string
+	opts    message.Options
 }
 
 const testRegID = "abc123"
@@ -106,6 +107,7 @@ func (s *fakeServer) handle(w *responsewriter.ResponseWriter[*client.Conn], r *p
 		body, _ := r.ReadBody()
 		n := notification{token: string(r.Token()), code: r.Code(), typ: r.Type(), observe: -1, cf: -1,
 			body: body, from: w.Conn().RemoteAddr().String()}
+		n.opts, _ = r.Options().Clone()
 		if v, err := r.Options().Observe(); err == nil {
 			n.observe = int64(v)
 		}
@@ -181,6 +183,7 @@ type req struct {
 	observe int // -1: none
 	token   message.Token
 	queries []string
+	opts    []message.Option // more options
 }
 
 func get(path string, accept int) req {
@@ -199,6 +202,7 @@ type result struct {
 	observe  int64
 	location string
 	token    message.Token
+	opts     message.Options
 }
 
 func (s *fakeServer) do(r req) result {
@@ -237,12 +241,16 @@ func (s *fakeServer) do(r req) result {
 	if r.body != nil {
 		m.SetBody(bytes.NewReader(r.body))
 	}
+	for _, o := range r.opts {
+		m.AddOptionBytes(o.ID, o.Value)
+	}
 	resp, err := cc.Do(m)
 	if err != nil {
 		s.t.Fatalf("%v %s: %v", r.code, r.path, err)
 	}
 	defer cc.ReleaseMessage(resp)
 	res := result{code: resp.Code(), cf: -1, observe: -1, token: tok}
+	res.opts, _ = resp.Options().Clone()
 	if v, err := resp.Options().ContentFormat(); err == nil {
 		res.cf = int(v)
 	}

@@ -86,6 +86,16 @@ func (d *Device) handle(w *responsewriter.ResponseWriter[*client.Conn], r *pool.
 	for _, seg := range resp.location {
 		opts = append(opts, message.Option{ID: message.LocationPath, Value: []byte(seg)})
 	}
+	var part blockPart
+	var blocks bool
+	if resp.code == codes.Content && resp.cf >= 0 && (r.Code() == codes.GET || r.Code() == codes.FETCH) {
+		var bad *response
+		if part, blocks, bad = d.block(r, resp.body); bad != nil {
+			resp = *bad
+		} else if blocks {
+			resp.body = part.payload
+		}
+	}
 	var body *bytes.Reader
 	if resp.cf >= 0 {
 		body = bytes.NewReader(resp.body)
@@ -102,6 +112,9 @@ func (d *Device) handle(w *responsewriter.ResponseWriter[*client.Conn], r *pool.
 	}
 	if resp.observe >= 0 {
 		w.Message().SetObserve(uint32(resp.observe))
+	}
+	if blocks {
+		setBlock(w.Message(), part)
 	}
 }
 

@@ -206,6 +206,12 @@ func (d *Device) sendNotification(o *observation) {
 	if !terminal {
 		msg.SetObserve(seq)
 		msg.SetContentFormat(message.MediaType(format))
+		if part, ok, _ := d.block(nil, body); ok {
+			// The first block; the server gets the others with GET or
+			// FETCH (RFC 7959 section 2.6).
+			body = part.payload
+			setBlock(msg, part)
+		}
 		msg.SetBody(bytes.NewReader(body))
 	}
 	err := cc.WriteMessage(msg)
