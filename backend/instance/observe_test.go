@@ -3,6 +3,7 @@ package instance
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/lwm2mcluster/lwm2m/backend/node"
+	"github.com/lwm2mcluster/lwm2m/bench/simdevice"
 	"github.com/lwm2mcluster/lwm2m/routing/nbclient"
 	"github.com/lwm2mcluster/lwm2m/routing/northbound"
 )
@@ -140,5 +142,65 @@ func TestObserveWithoutObserveOption(t *testing.T) {
 	}
 	if obs, err := in.Store().ObservationsByRegistration(ctx, reg.ID); err != nil || len(obs) != 0 {
 		t.Fatalf("observations kept: %d (%v), want none", len(obs), err)
+	}
+}
+
+// TestObservesOfOnePathKeepTheNewest: observes of the same path replace
+// one another; when two are established at once exactly the newer one
+// stays, never none.
+func TestObservesOfOnePathKeepTheNewest(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "newest", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Stop(context.Background())
+	d := simdevice.New(simdevice.Config{Endpoint: "newest-dev", Server: in.CoAPAddr().String(), Logger: quiet, MaxObservations: 1000})
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := in.Store().GetByEndpoint(ctx, "newest-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
+	defer c.Close()
+	text := uint16(0)
+	req := northbound.Req{Kind: northbound.KindObserve, Path: "/3/0/0", ContentFormat: &text}
+	for round := range 15 {
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := c.Do(ctx, "newest-dev", req)
+				if err == nil && r.Code != "CONTENT" {
+					err = fmt.Errorf("observe answered %s", r.Code)
+				}
+				errs[i] = err
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		obs, err := in.Store().ObservationsByRegistration(ctx, reg.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(obs) != 1 {
+			for _, o := range obs {
+				t.Logf("kept: %x created %d ticket %s", o.Token, o.Created, o.Ticket)
+			}
+			t.Fatalf("round %d: %d observations of /3/0/0 kept, want exactly 1", round, len(obs))
+		}
 	}
 }

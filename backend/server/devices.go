@@ -92,13 +92,14 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 	t := devmgmt.Target{Conn: conn, Reg: reg}
 	observe := req.Kind == northbound.KindObserve || req.Kind == northbound.KindObserveComposite
 	var token message.Token
+	var obs *store.Observation
 	if observe {
 		var err error
 		if token, err = message.GetToken(); err != nil {
 			return nil, fmt.Errorf("token: %w", err)
 		}
 		// Store the observation before the device can notify.
-		obs := &store.Observation{
+		obs = &store.Observation{
 			Token: token, Endpoint: ep, RegID: reg.ID, Paths: req.Targets(),
 			Composite: req.Composite(), ContentFormat: devmgmt.PickFormat(reg, req),
 			Ticket: ticket, Instance: s.cfg.InstanceID, Created: s.now().UnixMilli(),
@@ -132,27 +133,55 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 	}
 	if observe && res.Observed {
 		s.m.observations.WithLabelValues("start").Inc()
-		s.replaceOlderObservations(ctx, reg.ID, ticket, req)
+		s.replaceOlderObservations(ctx, obs)
 	}
 	return res.Resp, nil
 }
 
-// replaceOlderObservations removes the observations of the same
-// registration on the same paths set up by earlier requests: a new observe
-// replaces an old one (the device keeps one relation per target).
-func (s *Server) replaceOlderObservations(ctx context.Context, regID, ticket string, req *northbound.Req) {
-	paths := req.Targets()
-	all, err := s.cfg.Store.ObservationsByRegistration(ctx, regID)
+// replaceOlderObservations keeps one observation per target of a
+// registration: of those on mine's paths it keeps the newest, by creation
+// time then token, and removes the others (the device keeps one relation
+// per target; a new observe replaces an old one). Every instance that
+// establishes one decides the same way on what it sees after adding its
+// own, so of two observes established at once exactly one stays, never
+// none; the other ends as a replaced one does, without notice.
+func (s *Server) replaceOlderObservations(ctx context.Context, mine *store.Observation) {
+	all, err := s.cfg.Store.ObservationsByRegistration(ctx, mine.RegID)
 	if err != nil {
+		s.m.storeErrors.Inc()
 		return
 	}
+	same := all[:0]
 	for _, o := range all {
-		if o.Ticket != ticket && slices.Equal(o.Paths, paths) {
-			if _, err := s.cfg.Store.RemoveObservation(ctx, o.Token); err == nil {
-				s.m.observations.WithLabelValues("replaced").Inc()
-			}
+		if slices.Equal(o.Paths, mine.Paths) && o.Composite == mine.Composite {
+			same = append(same, o)
 		}
 	}
+	if len(same) < 2 {
+		return
+	}
+	newest := same[0]
+	for _, o := range same[1:] {
+		if olderThan(newest, o) {
+			newest = o
+		}
+	}
+	for _, o := range same {
+		if bytes.Equal(o.Token, newest.Token) {
+			continue
+		}
+		if _, err := s.cfg.Store.RemoveObservation(ctx, o.Token); err == nil {
+			s.m.observations.WithLabelValues("replaced").Inc()
+		}
+	}
+}
+
+// olderThan orders observations by creation time, then token.
+func olderThan(a, b *store.Observation) bool {
+	if a.Created != b.Created {
+		return a.Created < b.Created
+	}
+	return bytes.Compare(a.Token, b.Token) < 0
 }
 
 // cancelObserve ends an observation, found by its ticket or its path. The
