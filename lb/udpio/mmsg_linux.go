@@ -257,3 +257,56 @@ func encode(sa *unix.RawSockaddrInet6, a netip.AddrPort, inet6 bool) uint32 {
 	*(*[2]byte)(unsafe.Pointer(&sa.Port)) = port
 	return unix.SizeofSockaddrInet6
 }
+
+// FDReader reads batches of datagrams from sockets that are not in Go's
+// poller (connected, non-blocking descriptors, such as lwm2m-lb's nat-mode
+// upstream sockets), without allocating. Source addresses are not read: a
+// connected socket hears only its peer. It is used by one goroutine at a
+// time.
+type FDReader struct {
+	h   []mmsghdr
+	iov []unix.Iovec
+}
+
+// NewFDReader prepares reads of up to batch datagrams per call.
+func NewFDReader(batch int) *FDReader {
+	return &FDReader{h: make([]mmsghdr, batch), iov: make([]unix.Iovec, batch)}
+}
+
+// Read reads what fd has queued, up to len(ms) datagrams (at most the
+// batch size), into ms[i].Buf from ms[i].Offset; it does not wait. It sets
+// each N, and Trunc for a datagram larger than its buffer. With nothing
+// queued it returns EAGAIN.
+func (r *FDReader) Read(fd int, ms []Msg) (int, error) {
+	n := min(len(ms), len(r.h))
+	for i := 0; i < n; i++ {
+		b := ms[i].Buf[ms[i].Offset:cap(ms[i].Buf)]
+		if len(b) == 0 {
+			return 0, errors.New("udpio: empty read buffer")
+		}
+		r.iov[i].Base = &b[0]
+		r.iov[i].SetLen(len(b))
+		h := &r.h[i].hdr
+		h.Name, h.Namelen = nil, 0
+		h.Iov = &r.iov[i]
+		h.SetIovlen(1)
+		h.Control, h.Controllen, h.Flags = nil, 0, 0
+	}
+	for {
+		// Never blocks (MSG_DONTWAIT): a raw system call, see doRead.
+		got, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.h[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+		case unix.EINTR:
+			continue
+		default:
+			return 0, e
+		}
+		for i := 0; i < int(got); i++ {
+			ms[i].N = int(r.h[i].len)
+			ms[i].Seg = 0
+			ms[i].Trunc = r.h[i].hdr.Flags&unix.MSG_TRUNC != 0
+		}
+		return int(got), nil
+	}
+}

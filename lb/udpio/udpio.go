@@ -44,6 +44,9 @@ type Msg struct {
 	// Offset+N] then holds datagrams of Seg bytes each, the last possibly
 	// shorter. 0 means one datagram. Use Segment to walk them.
 	Seg int
+	// Trunc is set by FDReader.Read when the datagram was larger than the
+	// buffer (the rest is lost).
+	Trunc bool
 }
 
 // Payload returns the datagram's bytes (all of them, when Seg is set).
