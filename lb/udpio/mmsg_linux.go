@@ -90,18 +90,12 @@ func (c *Conn) UDPConn() *net.UDPConn { return c.pc }
 func (c *Conn) ReadBatch(ms []Msg) (int, error) {
 	n := min(len(ms), len(c.rh))
 	for i := 0; i < n; i++ {
-		b := ms[i].Buf[ms[i].Offset:cap(ms[i].Buf)]
-		if len(b) == 0 {
-			return 0, errors.New("udpio: empty read buffer")
+		h, err := prepareRead(&c.rh[i], &c.riov[i], &ms[i])
+		if err != nil {
+			return 0, err
 		}
-		c.riov[i].Base = &b[0]
-		c.riov[i].SetLen(len(b))
-		h := &c.rh[i].hdr
 		h.Name = (*byte)(unsafe.Pointer(&c.rname[i]))
 		h.Namelen = unix.SizeofSockaddrInet6
-		h.Iov = &c.riov[i]
-		h.SetIovlen(1)
-		h.Control, h.Controllen, h.Flags = nil, 0, 0
 		if c.gro {
 			h.Control = &c.rctl[i*ctlSpace]
 			h.SetControllen(ctlSpace)
@@ -130,6 +124,23 @@ func (c *Conn) ReadBatch(ms []Msg) (int, error) {
 // doRead and doWrite make raw system calls: with MSG_DONTWAIT they never
 // block (EAGAIN parks the goroutine in Go's poller instead), so telling the
 // scheduler about them would only cost time; see the package benchmarks.
+// prepareRead points message header mh, with iovec iov, at m's buffer from
+// m.Offset to its capacity, with no address or control buffer.
+func prepareRead(mh *mmsghdr, iov *unix.Iovec, m *Msg) (*unix.Msghdr, error) {
+	b := m.Buf[m.Offset:cap(m.Buf)]
+	if len(b) == 0 {
+		return nil, errors.New("udpio: empty read buffer")
+	}
+	iov.Base = &b[0]
+	iov.SetLen(len(b))
+	h := &mh.hdr
+	h.Name, h.Namelen = nil, 0
+	h.Iov = iov
+	h.SetIovlen(1)
+	h.Control, h.Controllen, h.Flags = nil, 0, 0
+	return h, nil
+}
+
 func (c *Conn) doRead(fd uintptr) bool {
 	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rh[0])), uintptr(len(c.rms)), unix.MSG_DONTWAIT, 0, 0)
 	switch e {
@@ -280,17 +291,9 @@ func NewFDReader(batch int) *FDReader {
 func (r *FDReader) Read(fd int, ms []Msg) (int, error) {
 	n := min(len(ms), len(r.h))
 	for i := 0; i < n; i++ {
-		b := ms[i].Buf[ms[i].Offset:cap(ms[i].Buf)]
-		if len(b) == 0 {
-			return 0, errors.New("udpio: empty read buffer")
+		if _, err := prepareRead(&r.h[i], &r.iov[i], &ms[i]); err != nil {
+			return 0, err
 		}
-		r.iov[i].Base = &b[0]
-		r.iov[i].SetLen(len(b))
-		h := &r.h[i].hdr
-		h.Name, h.Namelen = nil, 0
-		h.Iov = &r.iov[i]
-		h.SetIovlen(1)
-		h.Control, h.Controllen, h.Flags = nil, 0, 0
 	}
 	for {
 		// Never blocks (MSG_DONTWAIT): a raw system call, see doRead.
