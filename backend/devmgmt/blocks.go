@@ -195,3 +195,40 @@ func (e *Executor) RemainingBlocks(ctx context.Context, t Target, obs Observed, 
 	}
 	return out, nil
 }
+
+// completeAnswer returns the whole payload of resp, the answer to the
+// request for obs, whose own payload is body: body itself, unless resp
+// carries the first block of a block-wise transfer (a Block2 option held
+// by HoldBlock2, NUM 0 with M set). The later blocks are then asked for
+// with RemainingBlocks, under a new token marked with HoldBlocks (the
+// observation's token stays the notifications'), and ctx bounds them.
+// Errors wrap ErrBlock, ErrDevice or ctx's error.
+func (e *Executor) completeAnswer(ctx context.Context, t Target, resp *pool.Message, body []byte, obs Observed) ([]byte, error) {
+	b, ok, err := Block2(resp)
+	switch {
+	case !ok:
+		return body, nil
+	case err != nil:
+		return nil, err
+	case b.Num != 0:
+		return nil, fmt.Errorf("%w: an answer with block %d, not the first", ErrBlock, b.Num)
+	case !b.More:
+		if len(body) > b.Size() {
+			return nil, fmt.Errorf("%w: single block of %d bytes, more than %d", ErrBlock, len(body), b.Size())
+		}
+		return body, nil
+	}
+	if size, err := resp.GetOptionUint32(message.Size2); err == nil && size > MaxResponse {
+		return nil, fmt.Errorf("%w (Size2 %d)", ErrTooLarge, size)
+	}
+	var etag []byte
+	if tag, err := resp.ETag(); err == nil {
+		etag = bytes.Clone(tag)
+	}
+	token, err := message.GetToken()
+	if err != nil {
+		return nil, fmt.Errorf("devmgmt: token: %w", err)
+	}
+	defer e.hold(token)()
+	return e.RemainingBlocks(ctx, t, obs, token, b, body, etag)
+}

@@ -69,6 +69,27 @@ type Result struct {
 // Registry.
 type Executor struct {
 	Registry *model.Registry
+	// HoldBlocks, when set, is called with the token of each request
+	// whose block-wise answer (RFC 7959 Block2) the Executor completes
+	// itself, before the request is sent; the function it returns is
+	// called once the exchange is over. Until then the caller's session
+	// must hide the Block2 option of the answers carrying that token from
+	// go-coap's block-wise layer (HoldBlock2). These are the FETCH
+	// requests of Read- and Observe-Composite and their requests for
+	// later blocks: go-coap would ask for the later blocks of a FETCH
+	// answer without the request's payload (RFC 8132 section 2.3.2 and
+	// RFC 7959 section 2.4 want it repeated), which a device refuses.
+	// Without HoldBlocks go-coap completes those answers, as it does
+	// for every other request.
+	HoldBlocks func(token message.Token) (release func())
+}
+
+// hold marks token with HoldBlocks, when set.
+func (e *Executor) hold(token message.Token) (release func()) {
+	if e.HoldBlocks == nil {
+		return func() {}
+	}
+	return e.HoldBlocks(token)
 }
 
 // Do carries out req on the device. ctx bounds the whole exchange. token,
@@ -456,6 +477,14 @@ func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req,
 	if observe && token == nil {
 		return nil, errors.New("devmgmt: observe needs a token")
 	}
+	if token == nil {
+		if token, err = message.GetToken(); err != nil {
+			return nil, fmt.Errorf("devmgmt: token: %w", err)
+		}
+	}
+	// The answer may come block-wise: its Block2 option is held from
+	// go-coap, and the later blocks asked for here (completeAnswer).
+	defer e.hold(token)()
 	resp, body, err := e.roundTrip(ctx, t, token, codes.FETCH, "/", &format, func(m *pool.Message) {
 		if observe {
 			m.SetObserve(0)
@@ -470,6 +499,10 @@ func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req,
 	res := &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body), Token: token, Format: format}
 	if !Success(resp.Code()) {
 		return res, nil
+	}
+	body, err = e.completeAnswer(ctx, t, resp, body, Observed{Paths: req.Paths, Composite: true, Format: format})
+	if err != nil {
+		return nil, fmt.Errorf("%s: the device's answer came in blocks (RFC 7959) and could not be completed: %w", req.Kind, err)
 	}
 	if _, err := resp.Observe(); observe && err == nil {
 		res.Observed = true

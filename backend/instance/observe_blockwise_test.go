@@ -96,8 +96,7 @@ func testObserveBlockwise(t *testing.T, redisURL string) {
 	}
 
 	// Observe-Composite: the later blocks come with FETCH and the same
-	// paths. (The first answer fits a block: go-coap, which completes a
-	// first answer sent block-wise, does not repeat the FETCH payload.)
+	// paths. (A first answer sent block-wise: TestCompositeBlockwise.)
 	if err := d.Set(p, node.StringValue("small")); err != nil {
 		t.Fatal(err)
 	}

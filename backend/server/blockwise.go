@@ -29,7 +29,17 @@ import (
 // messages out of its sight (devmgmt.HoldBlock2), notification sees the
 // first block, acknowledges it at once, and fetchNotification gets the
 // rest with devmgmt's RemainingBlocks. The first answer of an observe
-// request, a request in flight, is left to go-coap.
+// request of one path (GET), a request in flight, is left to go-coap.
+//
+// Answers to FETCH requests (Read-Composite, Observe-Composite) are
+// another case: go-coap asks for their later blocks with the request's
+// options but without its payload, the list of paths, which a device
+// needs in every block request (RFC 8132 section 2.3.2, RFC 7959 section
+// 2.4) and answers 4.00 without. devmgmt marks the tokens of those
+// requests in blockTokens (Executor.HoldBlocks) while they are in flight,
+// so receive holds the Block2 option of their answers too; go-coap hands
+// the first block to the request as a whole answer, and devmgmt gets the
+// others with RemainingBlocks (FETCH with the same payload and Accept).
 
 // receive runs for every message a device sends, before go-coap's
 // handler chain (deduplication, block-wise layer, request matching).
@@ -41,9 +51,10 @@ func (s *Server) receive(r *pool.Message, cc *udpClient.Conn, next config.Handle
 }
 
 // ownsBlocks reports whether the server, not go-coap, handles the Block2
-// option of r: the answers to its requests for later blocks of a
-// notification, and notifications (responses with Observe) that do not
-// answer an observe request in flight.
+// option of r: the answers to composite requests (FETCH) in flight and to
+// its requests for later blocks (tokens in blockTokens), and
+// notifications (responses with Observe) that do not answer an observe
+// request of one path in flight.
 func (s *Server) ownsBlocks(r *pool.Message) bool {
 	if class := r.Code() >> 5; class < 2 || class > 5 || len(r.Token()) == 0 || !r.HasOption(message.Block2) {
 		return false

@@ -115,8 +115,10 @@ func (s *Server) Execute(ctx context.Context, reg *registration.Registration, ti
 		}
 	}
 	done := func() {}
-	if observe {
-		// go-coap assembles the answer if it comes block-wise.
+	if req.Kind == northbound.KindObserve {
+		// go-coap assembles the answer to a GET if it comes block-wise.
+		// That of a FETCH (Observe-Composite, Read-Composite) devmgmt
+		// completes, its token marked in blockTokens (HoldBlocks).
 		done = s.observing.add(token)
 	}
 	res, err := s.exec.Do(ctx, t, req, token)

@@ -77,11 +77,14 @@ type Server struct {
 	now      func() time.Time
 	exec     *devmgmt.Executor
 	sessions sessions
-	// observing holds the tokens of the observe (and cancel) requests in
-	// flight, whose block-wise answers go-coap assembles; blockTokens
-	// those of the server's own requests for later blocks of
-	// notifications; fetches the block-wise notifications being
-	// completed, by observation token (see blockwise.go).
+	// observing holds the tokens of the observe (and cancel) requests of
+	// one path (GET) in flight, whose block-wise answers go-coap
+	// assembles; blockTokens those of the requests whose blocks the
+	// server gets itself: composite requests (FETCH) in flight, marked by
+	// devmgmt (Executor.HoldBlocks), and the requests for later blocks
+	// of those answers and of notifications; fetches the block-wise
+	// notifications being completed, by observation token (see
+	// blockwise.go).
 	observing   tokenSet
 	blockTokens tokenSet
 	fetches     fetches
@@ -119,13 +122,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = model.Default()
 	}
-	return &Server{
-		exec: &devmgmt.Executor{Registry: cfg.Registry},
-		cfg:  cfg,
-		log:  cfg.Logger.With("instance", cfg.InstanceID),
-		m:    newMetrics(cfg.Registerer),
-		now:  time.Now,
-	}, nil
+	s := &Server{
+		cfg: cfg,
+		log: cfg.Logger.With("instance", cfg.InstanceID),
+		m:   newMetrics(cfg.Registerer),
+		now: time.Now,
+	}
+	// devmgmt completes the block-wise answers of composite requests
+	// (FETCH) itself; receive hides their Block2 from go-coap.
+	s.exec = &devmgmt.Executor{Registry: cfg.Registry, HoldBlocks: s.blockTokens.add}
+	return s, nil
 }
 
 // Listener is a source of per-peer datagram sessions (package dgram's
