@@ -16,7 +16,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/mux"
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
 	"github.com/plgd-dev/go-coap/v3/options"
-	"github.com/plgd-dev/go-coap/v3/udp"
 
 	"github.com/lwm2mcluster/lwm2m/backend/node"
 	"github.com/lwm2mcluster/lwm2m/routing/nbclient"
@@ -61,29 +60,12 @@ func TestBlockwise(t *testing.T) {
 		mu.Unlock()
 		_ = w.SetResponse(codes.Changed, message.TextPlain, nil)
 	}))
-	dev, err := udp.Dial(in.CoAPAddr().String(), options.WithMux(router),
-		options.WithBlockwise(true, blockwise.SZX256, 10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-
 	links := []string{`</>;rt="oma.lwm2m";ct="0 11542"`, "</1/0>", "</3/0>"}
 	for i := 0; len(strings.Join(links, ",")) < 6000; i++ {
 		links = append(links, fmt.Sprintf("</%d/%d>", 10000+i/10, i%10))
 	}
 	payload := strings.Join(links, ",")
-	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer rcancel()
-	resp, err := dev.Post(rctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(payload)),
-		message.Option{ID: message.URIQuery, Value: []byte("ep=bw-dev")},
-		message.Option{ID: message.URIQuery, Value: []byte("lwm2m=1.1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Code() != codes.Created {
-		t.Fatalf("register with a %d-byte payload: %v", len(payload), resp.Code())
-	}
+	rawDevice(t, in, router, "bw-dev", payload, options.WithBlockwise(true, blockwise.SZX256, 10*time.Second))
 	reg, err := in.Store().GetByEndpoint(ctx, "bw-dev")
 	if err != nil || len(reg.ObjLinks) != len(links) {
 		t.Fatalf("registration has %d links, want %d (%v)", len(reg.ObjLinks), len(links), err)

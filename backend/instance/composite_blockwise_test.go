@@ -1,7 +1,6 @@
 package instance
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/mux"
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
 	"github.com/plgd-dev/go-coap/v3/options"
-	"github.com/plgd-dev/go-coap/v3/udp"
 
 	"github.com/lwm2mcluster/lwm2m/backend/codec"
 	"github.com/lwm2mcluster/lwm2m/backend/model"
@@ -203,20 +201,7 @@ func TestWriteCompositeBlockwise(t *testing.T) {
 		mu.Unlock()
 		_ = w.SetResponse(codes.Changed, message.TextPlain, nil)
 	})
-	dev, err := udp.Dial(in.CoAPAddr().String(), options.WithMux(router),
-		options.WithBlockwise(true, blockwise.SZX256, 10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer rcancel()
-	resp, err := dev.Post(rctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(`</3/0>`)),
-		message.Option{ID: message.URIQuery, Value: []byte("ep=bwwc-dev")},
-		message.Option{ID: message.URIQuery, Value: []byte("lwm2m=1.1")})
-	if err != nil || resp.Code() != codes.Created {
-		t.Fatalf("register: %v %v", err, resp)
-	}
+	rawDevice(t, in, router, "bwwc-dev", `</3/0>`, options.WithBlockwise(true, blockwise.SZX256, 10*time.Second))
 
 	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
 	defer c.Close()

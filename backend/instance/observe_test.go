@@ -11,8 +11,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
-	coapoptions "github.com/plgd-dev/go-coap/v3/options"
-	"github.com/plgd-dev/go-coap/v3/udp"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/lwm2mcluster/lwm2m/backend/node"
@@ -46,19 +44,7 @@ func TestTimestampedNotification(t *testing.T) {
 		w.Message().SetObserve(1)
 		close(observed)
 	}))
-	dev, err := udp.Dial(in.CoAPAddr().String(), coapoptions.WithMux(router))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer rcancel()
-	resp, err := dev.Post(rctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(`</3303/0>`)),
-		message.Option{ID: message.URIQuery, Value: []byte("ep=ts-dev")},
-		message.Option{ID: message.URIQuery, Value: []byte("lwm2m=1.1")})
-	if err != nil || resp.Code() != codes.Created {
-		t.Fatalf("register: %v %v", err, resp)
-	}
+	rawDevice(t, in, router, "ts-dev", `</3303/0>`)
 
 	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
 	defer c.Close()
@@ -117,18 +103,7 @@ func TestObserveWithoutObserveOption(t *testing.T) {
 	_ = router.Handle("/3/0/0", mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
 		_ = w.SetResponse(codes.Content, message.TextPlain, bytes.NewReader([]byte("ACME")))
 	}))
-	dev, err := udp.Dial(in.CoAPAddr().String(), coapoptions.WithMux(router))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer rcancel()
-	resp, err := dev.Post(rctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(`</3/0>`)),
-		message.Option{ID: message.URIQuery, Value: []byte("ep=noobs-dev")})
-	if err != nil || resp.Code() != codes.Created {
-		t.Fatalf("register: %v %v", err, resp)
-	}
+	rawDevice(t, in, router, "noobs-dev", `</3/0>`)
 	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
 	defer c.Close()
 	text := uint16(0)

@@ -1,0 +1,39 @@
+package instance
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapoptions "github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+)
+
+// rawDevice dials the instance with a go-coap client serving router (plus
+// opts) and registers it as ep (LwM2M 1.1 unless queries say otherwise)
+// with the link-format payload links. It is closed with the test.
+func rawDevice(t *testing.T, in *Instance, router *mux.Router, ep, links string, opts ...udp.Option) *udpClient.Conn {
+	t.Helper()
+	dev, err := udp.Dial(in.CoAPAddr().String(), append([]udp.Option{coapoptions.WithMux(router)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := dev.Post(ctx, "/rd", message.AppLinkFormat, bytes.NewReader([]byte(links)),
+		message.Option{ID: message.URIQuery, Value: []byte("ep=" + ep)},
+		message.Option{ID: message.URIQuery, Value: []byte("lwm2m=1.1")})
+	if err != nil {
+		t.Fatalf("register %s: %v", ep, err)
+	}
+	if resp.Code() != codes.Created {
+		t.Fatalf("register %s with a %d-byte payload: %v", ep, len(links), resp.Code())
+	}
+	return dev
+}
