@@ -70,6 +70,10 @@ type Cluster struct {
 	instances []*instance.Instance
 	lb        *app.App
 	cfg       Config
+	errc      chan error
+	stopped   chan struct{} // closed by Stop
+	// eventsDone is closed when the OnEvent goroutine has returned.
+	eventsDone chan struct{}
 }
 
 // Start starts the instances, then the balancer in front of them.
@@ -86,7 +90,8 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if int(cfg.InstanceAdminPort)+cfg.Instances-1 > 65535 {
 		return nil, fmt.Errorf("localcluster: instance admin ports from %d do not fit %d instances", cfg.InstanceAdminPort, cfg.Instances)
 	}
-	c := &Cluster{log: cfg.Logger, store: memstore.New(store.DefaultGrace), bus: northbound.NewBroker(), cfg: cfg}
+	c := &Cluster{log: cfg.Logger, store: memstore.New(store.DefaultGrace), bus: northbound.NewBroker(), cfg: cfg,
+		errc: make(chan error, 1), stopped: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.Stop(context.Background())
@@ -135,6 +140,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if c.lb, err = app.Start(ctx, lbCfg, cfg.Logger.With("role", "lb")); err != nil {
 		return nil, fmt.Errorf("localcluster: balancer: %w", err)
 	}
+	c.watchErrors()
 	return c, nil
 }
 
@@ -176,21 +182,24 @@ func (c *Cluster) Ready(ctx context.Context) error {
 }
 
 // Errors delivers the first fatal error of the balancer or an instance.
-func (c *Cluster) Errors() <-chan error {
-	out := make(chan error, 1)
+func (c *Cluster) Errors() <-chan error { return c.errc }
+
+// watchErrors forwards the first fatal error of any component to errc.
+func (c *Cluster) watchErrors() {
 	forward := func(ch <-chan error) {
-		if err, ok := <-ch; ok {
+		select {
+		case err := <-ch:
 			select {
-			case out <- err:
+			case c.errc <- err:
 			default:
 			}
+		case <-c.stopped:
 		}
 	}
 	go forward(c.lb.Errors())
 	for _, in := range c.instances {
 		go forward(in.Errors())
 	}
-	return out
 }
 
 // watchEvents calls fn with every northbound event until the cluster stops.
@@ -200,7 +209,9 @@ func (c *Cluster) watchEvents(ctx context.Context, fn func(channel string, paylo
 	if err != nil {
 		return fmt.Errorf("localcluster: subscribe: %w", err)
 	}
+	c.eventsDone = make(chan struct{})
 	go func() {
+		defer close(c.eventsDone)
 		defer sub.Close()
 		for m := range sub.C() { // closed when the bus closes
 			fn(m.Channel, m.Payload)
@@ -209,8 +220,10 @@ func (c *Cluster) watchEvents(ctx context.Context, fn func(channel string, paylo
 	return nil
 }
 
-// Stop stops the balancer, then the instances.
+// Stop stops the balancer, then the instances; OnEvent is not called
+// after it returns. Call it once.
 func (c *Cluster) Stop(ctx context.Context) {
+	close(c.stopped)
 	if c.lb != nil {
 		c.lb.Stop()
 	}
@@ -218,6 +231,9 @@ func (c *Cluster) Stop(ctx context.Context) {
 		in.Stop(ctx)
 	}
 	_ = c.bus.Close()
+	if c.eventsDone != nil {
+		<-c.eventsDone
+	}
 	if err := c.store.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		c.log.Warn("closing the store", "err", err)
 	}

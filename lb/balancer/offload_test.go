@@ -104,3 +104,21 @@ func TestSpillFull(t *testing.T) {
 		t.Fatalf("last datagram %q, %v", p, err)
 	}
 }
+
+// TestRefusedCounted: a datagram the kernel refuses for its destination
+// (an IPv6 client on an IPv4 service socket) is counted as a write error,
+// and the others of the batch are sent.
+func TestRefusedCounted(t *testing.T) {
+	w, _ := hotWorker(t, 4)
+	backend := w.b.snap.Load().addrs[0]
+	for i, client := range []netip.AddrPort{netip.MustParseAddrPort("[2001:db8::1]:9"), netip.MustParseAddrPort("127.0.0.1:9")} {
+		m := &w.in[i]
+		m.Offset, m.Addr, m.Seg = headroom, backend, 0
+		h := proxyv2.AppendHeader(m.Buf[headroom:headroom], proxyv2.Proxy, w.vip, client)
+		m.N = len(h) + copy(m.Buf[headroom+len(h):], "reply")
+	}
+	w.handle(2, time.Now())
+	if tot := w.b.Totals(); tot.Sent != 1 || tot.WriteErrors != 1 {
+		t.Fatalf("sent %d, write errors %d; want 1 and 1", tot.Sent, tot.WriteErrors)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/lwm2mcluster/lwm2m/lb/flowtable"
@@ -28,10 +29,13 @@ type worker struct {
 	c       *counters
 	relay   *natRelay // NAT mode: relays the replies of the flows this worker opens
 
-	// Proxy mode: datagrams for each backend (by id) are queued together,
-	// so that a GSO socket sends each backend's run in one go.
+	// Proxy mode: the datagrams for each backend are queued together, so
+	// that a GSO socket sends each backend's run in one go. fwdIDs are
+	// the backends with queued datagrams in this batch, in first-queued
+	// order, and fwd[i] the queue of fwdIDs[i]; the queues are reused, so
+	// there are only as many as backends ever met in one batch.
 	fwd    [][]udpio.Msg
-	fwdIDs []int32 // ids with queued datagrams, in first-queued order
+	fwdIDs []int32
 	// spill holds client datagrams that came coalesced (GRO) behind
 	// another one, so they have no headroom for their PROXY header.
 	spill  []byte
@@ -115,16 +119,18 @@ func (w *worker) handle(n int, now time.Time) {
 // flush sends the queued datagrams: the replies to clients, then each
 // backend's run. w.out keeps what was sent until the next handle.
 func (w *worker) flush() {
-	for _, id := range w.fwdIDs {
-		w.out = append(w.out, w.fwd[id]...)
-		w.fwd[id] = w.fwd[id][:0]
+	for i := range w.fwdIDs {
+		w.out = append(w.out, w.fwd[i]...)
+		w.fwd[i] = w.fwd[i][:0]
 	}
 	w.fwdIDs = w.fwdIDs[:0]
 	if len(w.out) > 0 {
-		sent, err := w.conn.WriteBatch(w.out)
+		// Not sent: what the kernel refused for its destination (skipped,
+		// no error) and, on an error, the rest.
+		sent, _ := w.conn.WriteBatch(w.out)
 		w.c.tx.Add(uint64(sent))
-		if err != nil {
-			w.c.writeErrors.Add(uint64(len(w.out) - sent))
+		if lost := len(w.out) - sent; lost > 0 {
+			w.c.writeErrors.Add(uint64(lost))
 		}
 	}
 }
@@ -202,13 +208,15 @@ func (w *worker) forward(m *udpio.Msg, headroom bool, id int32, to netip.AddrPor
 		w.c.dropped[dropInternal].Add(1)
 		return
 	}
-	for int(id) >= len(w.fwd) {
-		w.fwd = append(w.fwd, make([]udpio.Msg, 0, cap(w.out)))
-	}
-	if len(w.fwd[id]) == 0 {
+	q := slices.Index(w.fwdIDs, id) // a handful of backends per batch
+	if q < 0 {
+		q = len(w.fwdIDs)
 		w.fwdIDs = append(w.fwdIDs, id)
+		if q == len(w.fwd) {
+			w.fwd = append(w.fwd, make([]udpio.Msg, 0, cap(w.out)))
+		}
 	}
-	w.fwd[id] = append(w.fwd[id], udpio.Msg{Buf: buf, Offset: start, N: m.N + hl, Addr: to})
+	w.fwd[q] = append(w.fwd[q], udpio.Msg{Buf: buf, Offset: start, N: m.N + hl, Addr: to})
 }
 
 // reply strips a backend's PROXY header and queues the payload to the

@@ -33,6 +33,9 @@ type gsoState struct {
 	iov []unix.Iovec // maxGSOSegments per message header
 	ctl []byte       // gsoCtlSpace per message header
 	cnt []int        // datagrams per message header
+	// maxSeg is the largest datagram coalesced: maxGSOSegment, lowered
+	// when the kernel refuses a run as above the path MTU.
+	maxSeg int
 }
 
 // EnableGRO asks the kernel to coalesce datagrams from one sender into one
@@ -69,9 +72,10 @@ func (c *Conn) EnableGSO() error {
 	}
 	n := len(c.wh)
 	c.g = gsoState{
-		iov: make([]unix.Iovec, n*maxGSOSegments),
-		ctl: make([]byte, n*gsoCtlSpace),
-		cnt: make([]int, n),
+		iov:    make([]unix.Iovec, n*maxGSOSegments),
+		ctl:    make([]byte, n*gsoCtlSpace),
+		cnt:    make([]int, n),
+		maxSeg: maxGSOSegment,
 	}
 	c.gso = true
 	return nil
@@ -155,18 +159,26 @@ func (c *Conn) writeGSO(ms []Msg) (int, error) {
 		}
 		// The first message header of this call failed.
 		cnt := c.g.cnt[0]
-		if cnt > 1 && (errors.Is(c.werr, unix.EIO) || errors.Is(c.werr, unix.EINVAL)) {
-			// The route cannot take this segmented send (EIO: the device
-			// has no checksum offload, so never again; EINVAL: a segment
-			// above its MTU): send these datagrams one by one.
+		if cnt > 1 && (errors.Is(c.werr, unix.EIO) || errors.Is(c.werr, unix.EINVAL) || errors.Is(c.werr, unix.EMSGSIZE)) {
+			// The route cannot take this segmented send. EIO: the device
+			// has no checksum offload, so never again. EMSGSIZE (EINVAL
+			// on older kernels): a segment above the path MTU, so no more
+			// runs of datagrams this large. Send these one by one (the
+			// kernel fragments what does not fit).
 			if errors.Is(c.werr, unix.EIO) {
 				c.gso = false
+			} else {
+				c.g.maxSeg = min(c.g.maxSeg, ms[done].N-1)
 			}
 			n, err := c.writePlain(ms[done : done+cnt])
 			skipped += cnt - n
 			done += cnt
 			if err != nil {
 				return done - skipped, err
+			}
+			if !c.gso {
+				n, err := c.writePlain(ms[done:])
+				return done + n - skipped, err
 			}
 			continue
 		}
@@ -185,7 +197,7 @@ func (c *Conn) writeGSO(ms []Msg) (int, error) {
 // last, which may be shorter.
 func (c *Conn) run(ms []Msg) int {
 	size := ms[0].N
-	if size == 0 || size > maxGSOSegment {
+	if size == 0 || size > c.g.maxSeg {
 		return 1
 	}
 	cnt, total := 1, size
