@@ -74,6 +74,12 @@ type State interface {
 	ClaimTicket(ctx context.Context, ticket, instance string, ttl time.Duration) (bool, error)
 }
 
+// registrationOwner is State that reads an endpoint's registration and
+// owner in one round trip (redisstore.Store does).
+type registrationOwner interface {
+	RegistrationAndOwner(ctx context.Context, ep string) (*registration.Registration, string, error)
+}
+
 // Config configures a Dispatcher.
 type Config struct {
 	InstanceID string
@@ -211,11 +217,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg northbound.Message) {
 	log := d.log.With("ticket", req.Ticket, "ep", req.Endpoint, "kind", req.Req.Kind)
 
 	sctx, cancel := context.WithTimeout(ctx, d.cfg.StoreTimeout)
-	reg, err := d.cfg.State.GetByEndpoint(sctx, req.Endpoint)
-	var owner string
-	if err == nil {
-		owner, err = d.cfg.State.Owner(sctx, req.Endpoint)
-	}
+	reg, owner, err := d.registrationAndOwner(sctx, req.Endpoint)
 	cancel()
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -254,6 +256,20 @@ func (d *Dispatcher) handle(ctx context.Context, msg northbound.Message) {
 		// not claim the ticket: answer for it after OwnerGrace.
 		d.checkOwnerLater(ctx, req, owner)
 	}
+}
+
+// registrationAndOwner reads ep's registration and owner, in one round
+// trip when the state can.
+func (d *Dispatcher) registrationAndOwner(ctx context.Context, ep string) (*registration.Registration, string, error) {
+	if ro, ok := d.cfg.State.(registrationOwner); ok {
+		return ro.RegistrationAndOwner(ctx, ep)
+	}
+	reg, err := d.cfg.State.GetByEndpoint(ctx, ep)
+	if err != nil {
+		return nil, "", err
+	}
+	owner, err := d.cfg.State.Owner(ctx, ep)
+	return reg, owner, err
 }
 
 // maxOwnerChecks bounds the owner checks waiting for their OwnerGrace.

@@ -259,6 +259,38 @@ func (s *Store) GetByEndpoint(ctx context.Context, ep string) (*registration.Reg
 	return decode(data)
 }
 
+// RegistrationAndOwner returns an endpoint's registration and its owner
+// ("" when none) in one round trip, or store.ErrNotFound. The two reads
+// are pipelined, not atomic, like GetByEndpoint followed by Owner.
+func (s *Store) RegistrationAndOwner(ctx context.Context, ep string) (*registration.Registration, string, error) {
+	var data *redis.StringCmd
+	var owner *redis.StringCmd
+	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		data = p.HGet(ctx, s.epKey(ep), "data")
+		owner = p.Get(ctx, s.ownerKey(ep))
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, "", fmt.Errorf("redisstore: get endpoint %s and its owner: %w", ep, err)
+	}
+	d, err := data.Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, "", store.ErrNotFound
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("redisstore: get endpoint %s: %w", ep, err)
+	}
+	r, err := decode(d)
+	if err != nil {
+		return nil, "", err
+	}
+	o, err := owner.Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, "", fmt.Errorf("redisstore: owner of %s: %w", ep, err)
+	}
+	return r, o, nil
+}
+
 // GetByAddr implements store.Registrations.
 func (s *Store) GetByAddr(ctx context.Context, a netip.AddrPort) (*registration.Registration, error) {
 	ep, err := s.c.Get(ctx, s.addrKey(a.String())).Result()

@@ -316,3 +316,36 @@ func TestRefusedObservationsLeaveNoKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestRegistrationAndOwner: the pipelined read agrees with GetByEndpoint
+// and Owner: with an owner, without one, and for an unknown endpoint.
+func TestRegistrationAndOwner(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s, err := redisstore.Open(ctx, srv.URL, redisstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := storetest.NewReg("ro-ep", 5000, 60, time.Now())
+	if _, err := s.Add(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, owner, err := s.RegistrationAndOwner(ctx, "ro-ep")
+	if err != nil || got.ID != r.ID || owner != "" {
+		t.Fatalf("without owner: %+v %q %v", got, owner, err)
+	}
+	if err := s.SetOwner(ctx, "ro-ep", "inst-x"); err != nil {
+		t.Fatal(err)
+	}
+	got, owner, err = s.RegistrationAndOwner(ctx, "ro-ep")
+	if err != nil || got.ID != r.ID || got.Endpoint != "ro-ep" || owner != "inst-x" {
+		t.Fatalf("with owner: %+v %q %v", got, owner, err)
+	}
+	if _, _, err := s.RegistrationAndOwner(ctx, "nobody"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown endpoint: %v, want ErrNotFound", err)
+	}
+	s.Close()
+	if _, _, err := s.RegistrationAndOwner(ctx, "ro-ep"); err == nil || errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("closed client: %v, want an error that is not ErrNotFound", err)
+	}
+}
