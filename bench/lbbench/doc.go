@@ -5,9 +5,10 @@
 // The pieces are usable on their own:
 //
 //   - [Echo] is a batched UDP echo backend (one SO_REUSEPORT socket per
-//     worker, recvmmsg/sendmmsg), optionally speaking PROXY protocol v2 the
-//     way backends behind lwm2m-lb in proxy mode do, and answering CoAP
-//     pings so that health checks work against it.
+//     worker, recvmmsg/sendmmsg through lb/udpio, with UDP GSO/GRO where
+//     the kernel has them, in every scenario), optionally speaking PROXY
+//     protocol v2 the way backends behind lwm2m-lb in proxy mode do, and
+//     answering CoAP pings so that health checks work against it.
 //   - [Load] is a load generator: many client sockets, each with its own
 //     source port and a fixed window of outstanding datagrams, driven by a
 //     few goroutines over epoll with recvmmsg/sendmmsg. It counts responses
