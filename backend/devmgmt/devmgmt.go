@@ -547,12 +547,42 @@ func (e *Executor) cancel(ctx context.Context, t Target, req *northbound.Req, to
 	if token == nil {
 		return nil, errors.New("devmgmt: cancel needs the observation's token")
 	}
+	if len(req.Paths) > 0 {
+		return e.cancelComposite(ctx, t, req, token)
+	}
 	lf := uint16(0)
 	accept := &lf
 	if req.ContentFormat != nil {
 		accept = req.ContentFormat
 	}
 	resp, body, err := e.roundTrip(ctx, t, token, codes.GET, req.Path, accept, func(m *pool.Message) { m.SetObserve(1) })
+	if err != nil {
+		return nil, err
+	}
+	defer t.Conn.ReleaseMessage(resp)
+	return &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body)}, nil
+}
+
+// cancelComposite ends an Observe-Composite proactively: a FETCH of the
+// same paths with Observe 1 and the observation's token (RFC 7641 section
+// 3.6, LwM2M 1.1 Cancel Observation-Composite). req.ContentFormat is the
+// observation's format. The answer is a read of the paths; only its code
+// matters, so the rest of a block-wise answer is not fetched.
+func (e *Executor) cancelComposite(ctx context.Context, t Target, req *northbound.Req, token message.Token) (*Result, error) {
+	format := uint16(codec.SenMLCBOR)
+	if req.ContentFormat != nil {
+		format = *req.ContentFormat
+	}
+	payload, err := encodePathList(format, req.Paths)
+	if err != nil {
+		return nil, err
+	}
+	defer e.hold(token)()
+	resp, body, err := e.roundTrip(ctx, t, token, codes.FETCH, "/", &format, func(m *pool.Message) {
+		m.SetObserve(1)
+		m.SetContentFormat(message.MediaType(format))
+		m.SetBody(bytes.NewReader(payload))
+	})
 	if err != nil {
 		return nil, err
 	}

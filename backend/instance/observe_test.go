@@ -179,3 +179,45 @@ func TestObservesOfOnePathKeepTheNewest(t *testing.T) {
 		}
 	}
 }
+
+// TestCancelCompositeObservation: cancelling an Observe-Composite tells the
+// device at once (a FETCH of the paths with Observe 1), as for a single
+// path, instead of waiting for its next notification to be reset.
+func TestCancelCompositeObservation(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "cancelc", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Stop(context.Background())
+	d := simdevice.New(simdevice.Config{Endpoint: "cancelc-dev", Server: in.CoAPAddr().String(), Logger: quiet})
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := nbclient.New(in.Bus(), in.Store(), nbclient.Options{})
+	defer c.Close()
+	obs, err := c.Observe(ctx, "cancelc-dev", northbound.Req{Kind: northbound.KindObserveComposite, Paths: []string{"/3/0/0", "/3/0/1"}})
+	if err != nil || obs.First().Code != "CONTENT" {
+		t.Fatalf("observe-composite: %v %+v", err, obs.First())
+	}
+	if n := d.Observations(); n != 1 {
+		t.Fatalf("device holds %d observations, want 1", n)
+	}
+	if err := obs.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.Count(simdevice.OpCancelObserve); n != 1 {
+		t.Fatalf("device got %d cancel requests, want 1", n)
+	}
+	if n := d.Observations(); n != 0 {
+		t.Fatalf("device still holds %d observations after the cancel", n)
+	}
+	if got := d.LastRequest(); got.Op != simdevice.OpCancelObserve || got.Code != codes.FETCH || got.Response != codes.Content {
+		t.Fatalf("last request %+v, want a composite cancel (FETCH) answered 2.05", got)
+	}
+}

@@ -187,8 +187,9 @@ func olderThan(a, b *store.Observation) bool {
 }
 
 // cancelObserve ends an observation, found by its ticket or its path. The
-// device is told (a GET with Observe 1) when this instance holds its
-// session; otherwise its next notification is refused.
+// device is told (a GET, or for a composite one a FETCH of its paths, with
+// Observe 1) when this instance holds its session; otherwise its next
+// notification is refused.
 func (s *Server) cancelObserve(ctx context.Context, reg *registration.Registration, req *northbound.Req) (*northbound.Resp, error) {
 	ep := reg.Endpoint
 	var found []*store.Observation
@@ -220,8 +221,13 @@ func (s *Server) cancelObserve(ctx context.Context, reg *registration.Registrati
 			return nil, fmt.Errorf("observation store: %w", err)
 		}
 		s.m.observations.WithLabelValues("cancel").Inc()
-		if conn != nil && !o.Composite && len(o.Paths) == 1 {
-			creq := &northbound.Req{Kind: northbound.KindCancelObserve, Path: o.Paths[0], ContentFormat: &o.ContentFormat}
+		if conn != nil && (o.Composite || len(o.Paths) == 1) {
+			creq := &northbound.Req{Kind: northbound.KindCancelObserve, ContentFormat: &o.ContentFormat}
+			if o.Composite {
+				creq.Paths = o.Paths // a FETCH of the paths with Observe 1
+			} else {
+				creq.Path = o.Paths[0]
+			}
 			done := s.observing.add(o.Token)
 			if _, err := s.exec.Do(ctx, devmgmt.Target{Conn: conn, Reg: reg}, creq, o.Token); err != nil {
 				s.log.Debug("proactive observe cancel not answered", "ep", ep, "err", err)
