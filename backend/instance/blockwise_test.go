@@ -32,11 +32,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func TestBlockwise(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "bw", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: "bw"})
 
 	big := strings.Repeat("0123456789abcdef", 192) // 3072 bytes
 	var mu sync.Mutex

@@ -47,11 +47,7 @@ func testCompositeBlockwise(t *testing.T, redisURL string, block int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ep := fmt.Sprintf("bwcomp-%d", block)
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: ep, RedisURL: redisURL, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: ep, RedisURL: redisURL})
 
 	d := simdevice.New(simdevice.Config{Endpoint: ep, Server: in.CoAPAddr().String(), Logger: quiet, BlockSize: block})
 	if err := d.Start(ctx); err != nil {
@@ -180,11 +176,7 @@ func repeat(seed string, n int) string {
 func TestWriteCompositeBlockwise(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "bwwc", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: "bwwc"})
 
 	var mu sync.Mutex
 	var got []byte

@@ -27,11 +27,7 @@ func TestObserveBlockwiseNotification(t *testing.T) {
 func testObserveBlockwise(t *testing.T, redisURL string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "bwobs", RedisURL: redisURL, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: "bwobs", RedisURL: redisURL})
 
 	const block = 512
 	d := simdevice.New(simdevice.Config{Endpoint: "bwobs-dev", Server: in.CoAPAddr().String(), Logger: quiet,

@@ -94,11 +94,7 @@ func TestTimestampedNotification(t *testing.T) {
 func TestObserveWithoutObserveOption(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "noobs", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: "noobs"})
 	router := mux.NewRouter()
 	_ = router.Handle("/3/0/0", mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
 		_ = w.SetResponse(codes.Content, message.TextPlain, bytes.NewReader([]byte("ACME")))
@@ -126,11 +122,7 @@ func TestObserveWithoutObserveOption(t *testing.T) {
 func TestObservesOfOnePathKeepTheNewest(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "newest", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: "newest"})
 	d := simdevice.New(simdevice.Config{Endpoint: "newest-dev", Server: in.CoAPAddr().String(), Logger: quiet, MaxObservations: 1000})
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -186,11 +178,7 @@ func TestObservesOfOnePathKeepTheNewest(t *testing.T) {
 func TestCancelCompositeObservation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := Start(ctx, Options{CoAPAddr: "127.0.0.1:0", InstanceID: "cancelc", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Stop(context.Background())
+	in := startInstance(t, ctx, Options{InstanceID: "cancelc"})
 	d := simdevice.New(simdevice.Config{Endpoint: "cancelc-dev", Server: in.CoAPAddr().String(), Logger: quiet})
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)

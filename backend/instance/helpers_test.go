@@ -14,6 +14,24 @@ import (
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 )
 
+// startInstance starts an instance for a test (CoAP on a free loopback
+// port, quiet logs unless o says otherwise) and stops it with the test.
+func startInstance(t *testing.T, ctx context.Context, o Options) *Instance {
+	t.Helper()
+	if o.CoAPAddr == "" {
+		o.CoAPAddr = "127.0.0.1:0"
+	}
+	if o.Logger == nil {
+		o.Logger = quiet
+	}
+	in, err := Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Stop(context.Background()) })
+	return in
+}
+
 // rawDevice dials the instance with a go-coap client serving router (plus
 // opts) and registers it as ep (LwM2M 1.1 unless queries say otherwise)
 // with the link-format payload links. It is closed with the test.
