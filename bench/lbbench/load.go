@@ -83,6 +83,10 @@ type Load struct {
 	// LossTimeout is how long a datagram may stay unanswered before it is
 	// counted lost (default DefaultLossTimeout).
 	LossTimeout time.Duration
+	// OnCount, when set, is called when the counting period starts
+	// (true) and when it ends (false), for measurements of the same
+	// period elsewhere (such as the proxy's CPU time).
+	OnCount func(started bool) `json:"-"`
 }
 
 // LoadResult is what a [Load] run measured. Counts other than Late,
@@ -239,13 +243,23 @@ func (r *loadRun) coordinate(ctx context.Context) (time.Duration, error) {
 	if err := sleep(r.Warmup); err != nil {
 		return 0, err
 	}
+	if r.OnCount != nil {
+		r.OnCount(true)
+	}
 	t0 := time.Now()
 	r.phase.Store(phaseCount)
-	if err := sleep(r.Duration); err != nil {
+	err := sleep(r.Duration)
+	if err == nil {
+		r.phase.Store(phaseDrain)
+	}
+	elapsed := time.Since(t0)
+	if r.OnCount != nil {
+		r.OnCount(false)
+	}
+	if err != nil {
 		return 0, err
 	}
-	r.phase.Store(phaseDrain)
-	return time.Since(t0), nil
+	return elapsed, nil
 }
 
 // result merges the workers' statistics.

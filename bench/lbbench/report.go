@@ -28,10 +28,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "%d CPUs, GOMAXPROCS %d, kernel %s; CPU busy with other work before the runs: mean %.0f%%, max %.0f%%\n\n",
 		r.NumCPU, r.GOMAXPROCS, r.Kernel, r.BusyBeforeMean, r.BusyBeforeMax)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tresponses/s\tspread\tloss %\trtt p50\trtt p99\tvs direct\tvs nginx\ttarget\t")
+	fmt.Fprintln(tw, "scenario\tresponses/s\tspread\tloss %\trtt p50\trtt p99\tproxy cpu/resp\tvs direct\tvs nginx\ttarget\t")
 	var notes []string
 	for _, res := range r.Results {
-		row := []string{res.Scenario, "-", "-", "-", "-", "-", "-", "-", targetCell(res)}
+		row := []string{res.Scenario, "-", "-", "-", "-", "-", "-", "-", "-", targetCell(res)}
 		if res.ok() {
 			l := res.Load
 			row[1] = groupThousands(int64(l.ResponsesPerSec + 0.5))
@@ -39,8 +39,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 			row[3] = strconv.FormatFloat(l.LossPercent, 'f', 3, 64)
 			row[4] = roundDuration(l.RTTP50)
 			row[5] = roundDuration(l.RTTP99)
-			row[6] = ratioCell(res.VsDirect)
-			row[7] = ratioCell(res.VsNginx)
+			if res.ProxyCPUPerResponse > 0 {
+				row[6] = fmt.Sprintf("%.1fus", res.ProxyCPUPerResponse.Seconds()*1e6)
+			}
+			row[7] = ratioCell(res.VsDirect)
+			row[8] = ratioCell(res.VsNginx)
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		switch {

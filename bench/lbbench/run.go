@@ -91,6 +91,13 @@ type Result struct {
 	// when there was more than one; the rest of the result is the median
 	// round's.
 	Samples []float64 `json:"samples,omitempty"`
+	// ProxyCPU is the CPU time (user and system, all its processes and
+	// threads) the proxy (nginx or lwm2m-lb) used during the counting
+	// period, and ProxyCPUPerResponse that over the responses: how much
+	// work each proxy does per answered datagram, whatever else shares the
+	// machine. Zero for direct. /proc counts in 10 ms ticks.
+	ProxyCPU            time.Duration `json:"proxy_cpu_ns,omitempty"`
+	ProxyCPUPerResponse time.Duration `json:"proxy_cpu_per_response_ns,omitempty"`
 	// Target is the issue's throughput target for the scenario, if any,
 	// and TargetMet whether it was reached (absent when it could not be
 	// computed).
@@ -159,6 +166,7 @@ func Run(ctx context.Context, s Scenario) (Result, error) {
 
 	loopback := netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	var nginx *Nginx
+	proxy := 0 // the proxy's process group, for its CPU time
 	switch s.Name {
 	case ScenarioDirect:
 		s.Load.Target = backends[0]
@@ -185,6 +193,7 @@ func Run(ctx context.Context, s Scenario) (Result, error) {
 			return res, fmt.Errorf("%s: %w", s.Name, err)
 		}
 		defer nginx.Stop()
+		proxy = nginx.cmd.Process.Pid
 	case ScenarioLBNAT, ScenarioLBProxy:
 		port, err := freePort("udp4")
 		if err != nil {
@@ -213,13 +222,35 @@ func Run(ctx context.Context, s Scenario) (Result, error) {
 			return res, fmt.Errorf("%s: %w%s", s.Name, err, fileTail(logFile.Name()))
 		}
 		defer lb.Stop()
+		proxy = lb.cmd.Process.Pid
 	}
 
+	var cpuStart, cpuEnd time.Duration
+	var cpuErr error
+	if proxy != 0 {
+		s.Load.OnCount = func(started bool) {
+			c, err := groupCPU(proxy)
+			if err != nil {
+				cpuErr = err
+			}
+			if started {
+				cpuStart = c
+			} else {
+				cpuEnd = c
+			}
+		}
+	}
 	load, err := s.Load.Run(ctx)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", s.Name, err)
 	}
 	res.Load = load
+	if proxy != 0 && cpuErr == nil && cpuEnd > cpuStart {
+		res.ProxyCPU = cpuEnd - cpuStart
+		if load.Responses > 0 {
+			res.ProxyCPUPerResponse = res.ProxyCPU / time.Duration(load.Responses)
+		}
+	}
 	for _, e := range echoes {
 		res.Backends = append(res.Backends, e.Stats())
 	}
