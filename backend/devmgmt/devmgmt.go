@@ -470,14 +470,11 @@ func encodePathList(format uint16, list []string) ([]byte, error) {
 }
 
 func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req, format uint16, token message.Token, observe bool) (*Result, error) {
-	payload, err := encodePathList(format, req.Paths)
-	if err != nil {
-		return nil, err
-	}
 	if observe && token == nil {
 		return nil, errors.New("devmgmt: observe needs a token")
 	}
 	if token == nil {
+		var err error
 		if token, err = message.GetToken(); err != nil {
 			return nil, fmt.Errorf("devmgmt: token: %w", err)
 		}
@@ -485,13 +482,11 @@ func (e *Executor) composite(ctx context.Context, t Target, req *northbound.Req,
 	// The answer may come block-wise: its Block2 option is held from
 	// go-coap, and the later blocks asked for here (completeAnswer).
 	defer e.hold(token)()
-	resp, body, err := e.roundTrip(ctx, t, token, codes.FETCH, "/", &format, func(m *pool.Message) {
-		if observe {
-			m.SetObserve(0)
-		}
-		m.SetContentFormat(message.MediaType(format))
-		m.SetBody(bytes.NewReader(payload))
-	})
+	obs := -1
+	if observe {
+		obs = 0
+	}
+	resp, body, err := e.fetchPaths(ctx, t, token, format, req.Paths, obs)
 	if err != nil {
 		return nil, err
 	}
@@ -573,21 +568,30 @@ func (e *Executor) cancelComposite(ctx context.Context, t Target, req *northboun
 	if req.ContentFormat != nil {
 		format = *req.ContentFormat
 	}
-	payload, err := encodePathList(format, req.Paths)
-	if err != nil {
-		return nil, err
-	}
 	defer e.hold(token)()
-	resp, body, err := e.roundTrip(ctx, t, token, codes.FETCH, "/", &format, func(m *pool.Message) {
-		m.SetObserve(1)
-		m.SetContentFormat(message.MediaType(format))
-		m.SetBody(bytes.NewReader(payload))
-	})
+	resp, body, err := e.fetchPaths(ctx, t, token, format, req.Paths, 1)
 	if err != nil {
 		return nil, err
 	}
 	defer t.Conn.ReleaseMessage(resp)
 	return &Result{Code: resp.Code(), Resp: answer(req.Kind, resp.Code(), body)}, nil
+}
+
+// fetchPaths sends the FETCH of a composite request: paths in format, the
+// same format accepted, and the Observe option observe (-1: none). The
+// caller holds the token (e.hold) and releases the answer.
+func (e *Executor) fetchPaths(ctx context.Context, t Target, token message.Token, format uint16, paths []string, observe int) (*pool.Message, []byte, error) {
+	payload, err := encodePathList(format, paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	return e.roundTrip(ctx, t, token, codes.FETCH, "/", &format, func(m *pool.Message) {
+		if observe >= 0 {
+			m.SetObserve(uint32(observe))
+		}
+		m.SetContentFormat(message.MediaType(format))
+		m.SetBody(bytes.NewReader(payload))
+	})
 }
 
 // CodeName returns the LwM2M response code name of a CoAP code, in
