@@ -344,20 +344,13 @@ func (d *Device) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	var sec *secureSession
-	var cc *client.Conn
-	if d.secure() {
-		var err error
-		if sec, err = d.handshake(ctx, conn); err != nil {
-			d.mu.Lock()
-			d.started = false
-			d.cfg.Conn = nil // closed by the failed handshake; a new Start dials
-			d.mu.Unlock()
-			return err
-		}
-		cc = sec.cc
-	} else {
-		cc = d.newClient(conn)
+	cc, sec, err := d.session(ctx, conn)
+	if err != nil {
+		d.mu.Lock()
+		d.started = false
+		d.cfg.Conn = nil // closed by the failed handshake; a new Start dials
+		d.mu.Unlock()
+		return err
 	}
 	d.mu.Lock()
 	if d.closed {
@@ -370,6 +363,18 @@ func (d *Device) Start(ctx context.Context) error {
 	d.mu.Unlock()
 	d.log.Debug("simdevice started", "local", conn.LocalAddr(), "server", conn.RemoteAddr())
 	return nil
+}
+
+// session opens the device's CoAP session over conn: a DTLS handshake
+// first when the device is secure (sec is nil otherwise).
+func (d *Device) session(ctx context.Context, conn *net.UDPConn) (cc *client.Conn, sec *secureSession, err error) {
+	if !d.secure() {
+		return d.newClient(conn), nil, nil
+	}
+	if sec, err = d.handshake(ctx, conn); err != nil {
+		return nil, nil, err
+	}
+	return sec.cc, sec, nil
 }
 
 func (d *Device) dial(ctx context.Context) (*net.UDPConn, error) {
@@ -470,14 +475,9 @@ func (d *Device) Rebind(ctx context.Context) error {
 		d.log.Debug("simdevice rebound, same DTLS session", "local", conn.LocalAddr())
 		return nil
 	}
-	var cc *client.Conn
-	if d.secure() {
-		if sec, err = d.handshake(ctx, conn); err != nil {
-			return err
-		}
-		cc = sec.cc
-	} else {
-		cc = d.newClient(conn)
+	cc, sec, err := d.session(ctx, conn)
+	if err != nil {
+		return err
 	}
 	d.mu.Lock()
 	if d.closed {
